@@ -1,0 +1,208 @@
+"""Binary layouts of mmipc regions, version 1. Constants and ``struct.Struct`` s only, no I/O.
+
+All integers are little-endian. Words that another process may read while they change are
+8-byte aligned ``u64`` and are written with one ``memoryview.cast('Q')[i] = v`` store (DESIGN.md
+3.1); everything else is written before it is published. ``W_*`` constants are word indices
+(byte offset // 8) for the ``cast('Q')`` view of the whole mapping.
+
+Region header (page 0, ``HEADER_SIZE`` bytes), common to every kind
+====================================================================
+
+======  ====  ===================  ==========================================================
+offset  size  field                meaning
+======  ====  ===================  ==========================================================
+0       8     magic                ``MAGIC`` (``b"MMIPCREG"``)
+8       4     layout_version       ``LAYOUT_VERSION``; ``attach`` refuses any other
+12      4     kind                 ``KIND_RING`` or ``KIND_KV``
+16      8     state                ``STATE_INIT`` (0) -> ``STATE_READY``; ``STATE_CLOSED`` once
+                                   unlinked; ``STATE_POISONED``. Stored last at creation.
+24      8     nonce                random; semaphore and memfd names derive from it
+32      8     total_size           bytes of the whole mapping (the file's size)
+40      8     data_offset          where the data area starts (page aligned)
+48      8     data_size            bytes of the data area (the ring's capacity)
+56      8     creator_pid
+64      8     created_ns           ``time.time_ns()`` at creation
+72      4     max_participants     slots in the participant table
+76      4     slot_size            ``SLOT_SIZE``
+80      8     flags                kind-specific bits (``RING_MULTI_WRITER``)
+88      8     max_record           largest payload a record may carry
+96      32    name                 UTF-8, NUL padded; display only (``anon:<nonce>`` if none)
+128     4     header_crc           zlib.crc32 of bytes [0, 16) + [24, 128) + [132, 256)
+132     4     record_align         ring: record alignment (``RECORD_ALIGN``)
+136     4     record_header_size   ring: ``RECORD_HEADER_SIZE``
+140     116   reserved             zero
+======  ====  ===================  ==========================================================
+
+Hot blocks (each on its own 128-byte block, DESIGN.md 3.4)
+==========================================================
+
+Ring producer block at 512, written only by the (lock-holding) producer:
+
+    512 tail               published end position (absolute byte position, never wraps)
+    520 records_written    data records published
+    528 bytes_written      payload bytes published
+    536 producer_waits     times a producer waited for space
+    544 end_of_stream      1 once the end-of-stream record is published
+    552 producer_waiting   1 while a producer sleeps waiting for space (consumer posts)
+    560 writer_pid         pid of the single-writer role holder (display and errors)
+
+Ring consumer block at 640, written only by the consumer:
+
+    640 head               released position: space before it may be reused
+    648 records_read
+    656 bytes_read
+    664 consumer_waits     times the consumer waited for a record
+    672 pinned_records     records released by the consumer but still referenced by views
+    680 consumer_pid       pid of the consumer role holder
+
+Ring lock block at 768, written by whoever holds (or recovers) the writer semaphore:
+
+    768 lock_owner         0, or (slot + 1) | generation << 16 of the holder
+    776 recoveries         writer locks handed on after the holder died
+
+Participant table at ``HEADER_SIZE``: ``max_participants`` slots of ``SLOT_SIZE`` bytes:
+
+    +0  state_word   generation << 8 | SLOT_FREE/SLOT_ACTIVE
+    +8  pid
+    +16 roles        bit mask of ROLE_*
+    +24 lock_state   1 from "about to wait for the writer semaphore" to "released it"
+    +32 attached_ns
+    +40 .. +128 reserved
+
+Each active slot is backed by an OFD lock (``fcntl`` ``F_OFD_SETLK``) on byte
+``LOCK_SLOT_BASE + index`` of the region's file, held by its process for as long as it is
+attached; the kernel drops it when the process dies (DESIGN.md 7). Lock bytes lie far beyond the
+end of the file: they never overlap data.
+
+Ring record (``RECORD_HEADER_SIZE`` = 32 bytes, records start ``RECORD_ALIGN``-aligned)
+=====================================================================================
+
+======  ====  ========  ===============================================================
+offset  size  field     meaning
+======  ====  ========  ===============================================================
+0       4     length    payload bytes (padding: bytes up to the end of the data area)
+4       2     type      ``REC_DATA``, ``REC_PADDING``, ``REC_END``
+6       2     flags     ``FLAG_FIRST`` / ``FLAG_LAST``: first / last record of a publish
+8       8     position  the record's own absolute position (detects stale headers)
+16      8     sequence  data records: 0-based sequence number; others: 0
+24      8     user      reserved for upper layers (0)
+======  ====  ========  ===============================================================
+
+A record occupies ``align(RECORD_HEADER_SIZE + length, RECORD_ALIGN)`` bytes and never wraps:
+when it does not fit before the end of the data area, a padding record fills the rest.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAGIC = b"MMIPCREG"
+LAYOUT_VERSION = 1
+
+KIND_RING = 1
+KIND_KV = 2
+KIND_NAMES = {KIND_RING: "ring", KIND_KV: "kv"}
+
+STATE_INIT = 0
+STATE_READY = 1
+STATE_CLOSED = 2
+STATE_POISONED = 3
+STATE_NAMES = {
+    STATE_INIT: "init",
+    STATE_READY: "ready",
+    STATE_CLOSED: "closed",
+    STATE_POISONED: "poisoned",
+}
+
+HEADER_SIZE = 4096
+PAGE_SIZE = 4096
+NAME_SIZE = 32
+
+# The static part of the header, offsets 0..140 (state at 16 is a live word, packed as 0).
+HEADER = struct.Struct("<8sIIQQQQQQQIIQQ32sIII")
+assert HEADER.size == 140
+CRC_OFFSET = 128
+CRC = struct.Struct("<I")
+CRC_RANGES = ((0, 16), (24, 128), (132, 256))
+
+W_STATE = 16 // 8
+
+RING_MULTI_WRITER = 1
+
+# Ring producer block
+W_TAIL = 512 // 8
+W_RECORDS_WRITTEN = 520 // 8
+W_BYTES_WRITTEN = 528 // 8
+W_PRODUCER_WAITS = 536 // 8
+W_END_OF_STREAM = 544 // 8
+W_PRODUCER_WAITING = 552 // 8
+W_WRITER_PID = 560 // 8
+# Ring consumer block
+W_HEAD = 640 // 8
+W_RECORDS_READ = 648 // 8
+W_BYTES_READ = 656 // 8
+W_CONSUMER_WAITS = 664 // 8
+W_PINNED = 672 // 8
+W_CONSUMER_PID = 680 // 8
+# Ring lock block
+W_LOCK_OWNER = 768 // 8
+W_RECOVERIES = 776 // 8
+
+# Participant slots
+SLOT_SIZE = 128
+SLOT_WORDS = SLOT_SIZE // 8
+SLOT_FREE = 0
+SLOT_ACTIVE = 1
+S_STATE = 0  # word offsets inside a slot
+S_PID = 1
+S_ROLES = 2
+S_LOCK_STATE = 3
+S_ATTACHED_NS = 4
+DEFAULT_MAX_PARTICIPANTS = 64
+
+ROLE_ATTACHED = 1
+ROLE_WRITER = 2
+ROLE_CONSUMER = 4
+ROLE_NAMES = {ROLE_WRITER: "writer", ROLE_CONSUMER: "consumer"}
+
+# OFD lock bytes (beyond any file end)
+LOCK_BASE = 1 << 40
+LOCK_ATTACH = LOCK_BASE + 0  # serializes attach against the last detach
+LOCK_ROLE_WRITER = LOCK_BASE + 1  # single-writer rings
+LOCK_ROLE_CONSUMER = LOCK_BASE + 2  # single-consumer rings
+LOCK_SLOT_BASE = LOCK_BASE + 4096
+
+# Ring records
+RECORD = struct.Struct("<IHHQQQ")
+RECORD_HEADER_SIZE = RECORD.size
+assert RECORD_HEADER_SIZE == 32
+RECORD_ALIGN = 32
+REC_DATA = 1
+REC_PADDING = 2
+REC_END = 3
+REC_TYPE_NAMES = {REC_DATA: "data", REC_PADDING: "padding", REC_END: "end-of-stream"}
+FLAG_FIRST = 1
+FLAG_LAST = 2
+FLAGS_OFFSET = 6  # of the u16 flags inside a record header
+FLAGS = struct.Struct("<H")
+MAX_RECORD_LIMIT = (1 << 32) - 1  # the length field is a u32
+
+
+def align_up(value: int, alignment: int) -> int:
+    """Round ``value`` up to a multiple of ``alignment`` (a power of two)."""
+    return (value + alignment - 1) & ~(alignment - 1)
+
+
+def record_size(length: int) -> int:
+    """Bytes a record with ``length`` payload bytes occupies in the ring."""
+    return (RECORD_HEADER_SIZE + length + RECORD_ALIGN - 1) & ~(RECORD_ALIGN - 1)
+
+
+def slot_word(slot: int, field: int) -> int:
+    """Word index of ``field`` (``S_*``) of participant ``slot``."""
+    return HEADER_SIZE // 8 + slot * SLOT_WORDS + field
+
+
+def data_offset_for(max_participants: int) -> int:
+    """Offset of the data area after the header and the participant table."""
+    return align_up(HEADER_SIZE + max_participants * SLOT_SIZE, PAGE_SIZE)

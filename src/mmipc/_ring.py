@@ -1,0 +1,1143 @@
+"""Ring: a bounded log of variable-size records in a shared region, written and read in place.
+
+Protocol (DESIGN.md 6; byte layouts in ``_layout``):
+
+* Positions are absolute u64 byte counts. The producer block holds ``tail`` (published end),
+  the consumer block ``head`` (released start). A record occupies ``record_size(length)``
+  bytes, never wraps (a padding record fills the end of the data area), and its payload is
+  32-byte aligned, so every view is contiguous and numpy can map it.
+* A producer writes records beyond ``tail`` (invisible to everyone), then publishes them with
+  one store of ``tail``, then posts the data semaphore **once per publish** (one record, or a
+  whole batch: a *group*, marked ``FLAG_FIRST``/``FLAG_LAST``). The consumer takes one count
+  before it reads the first record of each group. The count is a hand-off that orders memory on
+  every CPU (DESIGN.md 3.2) and stays bounded by the number of unread groups (3.5). ``tail``
+  stays the truth: a count that is late (a producer descheduled or killed between its publish
+  and its post) costs the consumer one :data:`SLICE` and is absorbed later.
+* Producers waiting for space raise a flag and sleep on the space semaphore in slices; the
+  consumer posts it (at most to 1) when it advances ``head`` and sees the flag. A lost post
+  costs at most one slice (3.3).
+* ``multi_writer=True``: producers are serialized from reserve to commit by the writer
+  semaphore. The holder records ``(slot + 1) | generation << 16`` in ``lock_owner``; a waiter
+  that times out a slice checks the owner's OFD liveness lock and, if it is dead, wins the dead
+  slot and hands the semaphore on. A producer that dies before publishing leaves nothing visible.
+* Single writer / single consumer roles are OFD locks: a second live writer or consumer gets
+  :class:`BusyError`, and a killed one frees its role at once. A new consumer resumes at ``head``:
+  records that were read but not released are delivered again.
+* A received view is tracked (``_views``): when its ``with`` block exits the record is released,
+  unless something made from the view (a numpy array, a slice) is still alive; then the record
+  stays pinned, with everything after it, until that object is collected. Space is reclaimed in
+  order up to the oldest record still pinned or held.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from . import _layout as L
+from ._errors import (
+    BusyError,
+    ClosedError,
+    CorruptionError,
+    EndOfStream,
+    RecordTooLarge,
+    RegionNotFound,
+    WaitTimeout,
+    WouldBlock,
+)
+from ._liveness import Participants
+from ._region import Region
+from ._semaphore import SLICE, Semaphore, semaphore_name, unlink_semaphore
+from ._views import tracked_view
+
+__all__ = ["Ring", "RingStats"]
+
+# How often a producer waiting for the writer semaphore checks whether its holder died, and how
+# long "held, but no owner recorded" must persist before a dead waiter is suspected.
+LOCK_CHECK_INTERVAL = 0.05
+LOCK_STALE_AFTER = 0.5
+
+_RECORD = L.RECORD
+_DATA = L.REC_DATA
+_PADDING = L.REC_PADDING
+_END = L.REC_END
+_FIRST_LAST = L.FLAG_FIRST | L.FLAG_LAST
+
+
+@dataclass(frozen=True)
+class RingStats:
+    """A snapshot of a ring's counters (shared by every process)."""
+
+    name: str
+    capacity: int
+    used_bytes: int
+    records_written: int
+    bytes_written: int
+    records_read: int
+    bytes_read: int
+    producer_waits: int
+    consumer_waits: int
+    recoveries: int
+    pinned_records: int
+    end_of_stream: bool
+    participants: int
+
+
+def _fmt_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError
+
+
+def _sem_names(nonce: int) -> tuple[str, str, str]:
+    return semaphore_name(nonce, "d"), semaphore_name(nonce, "s"), semaphore_name(nonce, "w")
+
+
+class _Reservation:
+    """Context manager returned by :meth:`Ring.reserve`."""
+
+    __slots__ = ("_ring", "_nbytes", "_timeout", "_nowait", "_pos", "_view")
+
+    def __init__(self, ring: Ring, nbytes: int, timeout: float | None, nowait: bool) -> None:
+        self._ring = ring
+        self._nbytes = nbytes
+        self._timeout = timeout
+        self._nowait = nowait
+        self._view: memoryview | None = None
+
+    def __enter__(self) -> memoryview:
+        if self._view is not None:
+            raise RuntimeError("a reservation can be entered only once")
+        ring = self._ring
+        size = ring._check_size(self._nbytes)
+        pos = ring._writer_enter(self._timeout, self._nowait)
+        try:
+            pos = ring._make_room(pos, size, self._timeout, self._nowait)
+        except BaseException:
+            ring._writer_exit()
+            raise
+        start = ring._data_offset + pos % ring._capacity + L.RECORD_HEADER_SIZE
+        self._pos = pos
+        assert ring._buf is not None
+        self._view = ring._buf[start : start + self._nbytes]
+        return self._view
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        ring = self._ring
+        view = self._view
+        try:
+            if view is not None:
+                try:
+                    view.release()
+                except BufferError:
+                    pass  # exported (a numpy array): writing after the block is the caller's bug
+            if exc_type is None:
+                pos = self._pos
+                n = self._nbytes
+                words = ring._words
+                _RECORD.pack_into(
+                    ring._mm, ring._data_offset + pos % ring._capacity,
+                    n, _DATA, _FIRST_LAST, pos, words[L.W_RECORDS_WRITTEN], 0,
+                )
+                ring._publish(pos + L.record_size(n), 1, n)
+        finally:
+            ring._writer_exit()
+
+
+class _Received:
+    """Context manager returned by :meth:`Ring.recv`."""
+
+    __slots__ = ("_ring", "_timeout", "_nowait", "_entry")
+
+    def __init__(self, ring: Ring, timeout: float | None, nowait: bool) -> None:
+        self._ring = ring
+        self._timeout = timeout
+        self._nowait = nowait
+        self._entry: list[Any] | None = None
+
+    def __enter__(self) -> memoryview:
+        if self._entry is not None:
+            raise RuntimeError("a received record can be entered only once")
+        ring = self._ring
+        end, start, length = ring._take(self._timeout, self._nowait)
+        view, ref = tracked_view(ring._mm, start, length)
+        entry = [end, view, ref, False]
+        ring._outstanding.append(entry)
+        self._entry = entry
+        return view
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._entry is not None:
+            self._ring._release(self._entry)
+
+
+class Ring:
+    """A bounded log of variable-size records shared between processes, zero-copy both ways.
+
+    Create one with :meth:`create`, open an existing one with :meth:`attach`, or pass a handle to
+    a child process (it pickles). Producers write with :meth:`reserve` (in place) or :meth:`send`
+    (one copy); the consumer reads with :meth:`recv` (a read-only view) or :meth:`recv_bytes`
+    (a copy). A handle is not thread-safe: use one handle per thread.
+    """
+
+    __module__ = "mmipc"
+
+    # -- construction ---------------------------------------------------------------------
+
+    def __init__(self, region: Region, *, _token: object = None) -> None:
+        if _token is not _PRIVATE:
+            raise TypeError("use Ring.create(...) or Ring.attach(...)")
+        self._region = region
+        hdr = region.header()
+        self._capacity: int = hdr["data_size"]
+        self._data_offset: int = hdr["data_offset"]
+        self._max_record: int = hdr["max_record"]
+        self._multi_writer = bool(hdr["flags"] & L.RING_MULTI_WRITER)
+        self._mm = region.mm
+        self._buf = region.buf
+        self._words = region.words
+        self._participants = Participants(region)
+        self._slot: int | None = None
+        self._closed = False
+        self._sem_data: Semaphore | None = None
+        self._sem_space: Semaphore | None = None
+        self._sem_lock: Semaphore | None = None
+        # producer state
+        self._writer_role = False
+        self._head_cache = 0
+        self._unknown_owner_since: float | None = None
+        # consumer state
+        self._consumer_role = False
+        self._read_pos = 0
+        self._last_pos = 0
+        self._at_group_start = True
+        self._have_token = False
+        self._outstanding: deque[list[Any]] = deque()
+        self._pinned_reported = 0
+        region.fork_callbacks.append(_weak_callback(self._after_fork_in_child))
+
+    @classmethod
+    def create(
+        cls,
+        capacity: int,
+        *,
+        name: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        multi_writer: bool = False,
+        mode: int = 0o600,
+        max_participants: int = L.DEFAULT_MAX_PARTICIPANTS,
+        hugepages: bool = False,
+    ) -> Ring:
+        """Create a ring holding ``capacity`` bytes of records (rounded up to 32).
+
+        ``name``: a POSIX shared-memory object ``/dev/shm/mmipc-<name>``; ``path``: a file that
+        persists; neither: anonymous (memfd), shared with children. ``multi_writer``: any number
+        of producer processes (serialized by a semaphore); otherwise one producer at a time.
+        ``hugepages`` asks the kernel for transparent huge pages (``madvise``) for large rings.
+        The largest record payload is ``capacity - 32`` bytes.
+
+        Raises :class:`RegionExists`, :class:`NoSpaceError`, ``ValueError``.
+        """
+        if not isinstance(capacity, int) or capacity < 64:
+            raise ValueError(f"capacity must be an int >= 64 bytes, got {capacity!r}")
+        capacity = L.align_up(capacity, L.RECORD_ALIGN)
+        max_record = min(capacity - L.RECORD_HEADER_SIZE, L.MAX_RECORD_LIMIT)
+        region = Region.create(
+            L.KIND_RING, capacity, name=name, path=path, mode=mode,
+            max_participants=max_participants,
+            flags=L.RING_MULTI_WRITER if multi_writer else 0,
+            max_record=max_record, hugepages=hugepages,
+        )
+        try:
+            ring = cls(region, _token=_PRIVATE)
+            ring._join(create_mode=mode)
+        except BaseException:
+            region.unlink_name()
+            for sem in _sem_names(region.nonce):
+                unlink_semaphore(sem)
+            region.close()
+            raise
+        return ring
+
+    @classmethod
+    def attach(
+        cls,
+        name: str | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        timeout: float = 2.0,
+    ) -> Ring:
+        """Open an existing ring by ``name`` or ``path``.
+
+        Waits up to ``timeout`` seconds for a ring that is still being created. Raises
+        :class:`RegionNotFound`, :class:`IncompatibleRegion` or :class:`CorruptionError`.
+        """
+        if (name is None) == (path is None):
+            raise ValueError("Ring.attach needs a name or a path (anonymous rings travel by pickling)")
+        region = Region.attach(L.KIND_RING, name=name, path=path, timeout=timeout)
+        return cls._from_region(region)
+
+    @classmethod
+    def _from_region(cls, region: Region) -> Ring:
+        try:
+            ring = cls(region, _token=_PRIVATE)
+            ring._join(create_mode=None)
+        except BaseException:
+            region.close()
+            raise
+        return ring
+
+    def _join(self, create_mode: int | None) -> None:
+        """Open (or create) the semaphores and claim a participant slot, under the attach lock."""
+        region = self._region
+        data_name, space_name, lock_name = _sem_names(region.nonce)
+        with self._participants.attach_lock():
+            if create_mode is not None:
+                self._sem_data = Semaphore.create(data_name, 0, create_mode)
+                self._sem_space = Semaphore.create(space_name, 0, create_mode)
+                if self._multi_writer:
+                    self._sem_lock = Semaphore.create(lock_name, 1, create_mode)
+            else:
+                # The last participant to leave removes the semaphores; re-create them from the
+                # ring's state (one data count per unread group, a free writer lock).
+                mode = os.fstat(region.fd).st_mode & 0o777
+                try:
+                    self._sem_data = Semaphore.open(data_name)
+                except RegionNotFound:
+                    self._sem_data, _ = Semaphore.open_or_create(data_name, self._count_groups(), mode)
+                self._sem_space, _ = Semaphore.open_or_create(space_name, 0, mode)
+                if self._multi_writer:
+                    self._sem_lock, created = Semaphore.open_or_create(lock_name, 1, mode)
+                    if created:
+                        assert self._words is not None
+                        self._words[L.W_LOCK_OWNER] = 0
+            self._slot = self._participants.claim(L.ROLE_ATTACHED, self._cleanup_dead_slot)
+
+    def _count_groups(self) -> int:
+        """Unread groups between head and tail (validating every header on the way)."""
+        words = self._words
+        assert words is not None
+        pos, tail = words[L.W_HEAD], words[L.W_TAIL]
+        self._check_positions(pos, tail)
+        groups = 0
+        first = True
+        while pos < tail:
+            length, rtype, flags, size = self._read_header(pos, tail)
+            if first and not flags & L.FLAG_FIRST:
+                pass  # head is inside a group whose count a dead consumer already took
+            elif flags & L.FLAG_FIRST:
+                groups += 1
+            first = False
+            pos += size
+        return groups
+
+    # -- properties, repr, pickling, close ------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The ring's name, path, or ``anon:<nonce>``."""
+        return self._region.display_name
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of record space."""
+        return self._capacity
+
+    @property
+    def max_record(self) -> int:
+        """Largest payload one record can carry."""
+        return self._max_record
+
+    @property
+    def multi_writer(self) -> bool:
+        return self._multi_writer
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        kind = self._region.backing
+        if self._closed:
+            return f"<mmipc.Ring {self.name!r} {kind} closed>"
+        words = self._words
+        assert words is not None
+        used = words[L.W_TAIL] - words[L.W_HEAD]
+        roles = [r for r, held in (("writer", self._writer_role), ("consumer", self._consumer_role)) if held]
+        return (
+            f"<mmipc.Ring {self.name!r} {kind} capacity={_fmt_size(self._capacity)} "
+            f"used={_fmt_size(used)} {'multi' if self._multi_writer else 'single'}-writer"
+            f"{' roles=' + ','.join(roles) if roles else ''}"
+            f"{' ended' if words[L.W_END_OF_STREAM] else ''}>"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._closed:
+            raise ClosedError(f"ring {self.name!r} is closed and cannot be pickled")
+        return (_rebuild_ring, (self._region.descriptor(),))
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        """Leave the ring: drop roles and the participant slot, unmap. Idempotent.
+
+        Records this handle received but has not released (or that views still pin) stay
+        unreleased: the next consumer receives them again. The mapping itself is unmapped
+        when the last view made from it is garbage collected. The last participant to leave
+        removes the ring's semaphores (``attach`` re-creates them).
+        """
+        if self._closed or not hasattr(self, "_region"):
+            return
+        self._closed = True
+        region = self._region
+        if region.closed:
+            return
+        try:
+            if self._outstanding:
+                self._advance()
+            if self._writer_role:
+                region.unlock(L.LOCK_ROLE_WRITER)
+            if self._consumer_role:
+                region.unlock(L.LOCK_ROLE_CONSUMER)
+            with self._participants.attach_lock():
+                if self._slot is not None:
+                    self._participants.release(self._slot)
+                    self._slot = None
+                if not self._participants.others_alive():
+                    for name in _sem_names(region.nonce):
+                        unlink_semaphore(name)
+        finally:
+            for sem in (self._sem_data, self._sem_space, self._sem_lock):
+                if sem is not None:
+                    sem.close()
+            self._writer_role = self._consumer_role = False
+            self._mm = self._buf = self._words = None
+            region.close()
+
+    def unlink(self) -> None:
+        """Remove the ring's name or file and its semaphores.
+
+        Processes still attached keep working; nobody can attach any more. The handle stays
+        open: :meth:`close` it too.
+        """
+        self._check_open()
+        self._region.mark_closed_state()
+        self._region.unlink_name()
+        for name in _sem_names(self._region.nonce):
+            unlink_semaphore(name)
+
+    def flush(self) -> None:
+        """Write the mapping back to its file (``msync``); makes a file-backed ring durable."""
+        self._check_open()
+        self._region.flush()
+
+    def stats(self) -> RingStats:
+        """A consistent-enough snapshot of the shared counters."""
+        self._check_open()
+        if self._outstanding:
+            self._advance()
+        words = self._words
+        assert words is not None
+        return RingStats(
+            name=self.name,
+            capacity=self._capacity,
+            used_bytes=words[L.W_TAIL] - words[L.W_HEAD],
+            records_written=words[L.W_RECORDS_WRITTEN],
+            bytes_written=words[L.W_BYTES_WRITTEN],
+            records_read=words[L.W_RECORDS_READ],
+            bytes_read=words[L.W_BYTES_READ],
+            producer_waits=words[L.W_PRODUCER_WAITS],
+            consumer_waits=words[L.W_CONSUMER_WAITS],
+            recoveries=words[L.W_RECOVERIES],
+            pinned_records=words[L.W_PINNED],
+            end_of_stream=bool(words[L.W_END_OF_STREAM]),
+            participants=sum(1 for p in self._participants.table() if p.alive),
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"ring {self.name!r} is closed")
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's slot and roles stay the parent's; claim a slot of our own now so that
+        # the parent's last close does not remove semaphores this child still uses.
+        self._participants.forget_after_fork()
+        self._slot = None
+        self._writer_role = self._consumer_role = False
+        self._outstanding = deque()
+        self._have_token = False
+        if self._closed:
+            return
+        try:
+            with self._participants.attach_lock():
+                self._slot = self._participants.claim(L.ROLE_ATTACHED, self._cleanup_dead_slot)
+        except Exception:
+            self._slot = None  # claimed lazily by the first write
+
+    def _ensure_slot(self) -> int:
+        if self._slot is None:
+            with self._participants.attach_lock():
+                self._slot = self._participants.claim(L.ROLE_ATTACHED, self._cleanup_dead_slot)
+        return self._slot
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _check_size(self, nbytes: int) -> int:
+        if nbytes < 0:
+            raise ValueError(f"record size must be >= 0, got {nbytes}")
+        if nbytes > self._max_record:
+            raise RecordTooLarge(
+                f"record of {nbytes} bytes exceeds the largest record {self._max_record} of ring "
+                f"{self.name!r} (capacity {self._capacity}); create the ring with capacity >= "
+                f"{L.record_size(nbytes)}"
+            )
+        return L.record_size(nbytes)
+
+    def reserve(self, nbytes: int, timeout: float | None = None) -> _Reservation:
+        """Reserve a record of exactly ``nbytes`` and write it in place.
+
+        Use as ``with ring.reserve(n) as buf: buf[:] = ...``: ``buf`` is a writable memoryview
+        inside the ring; the record is published when the block exits normally and discarded
+        if it raises. Waiting (for the writer lock, for space) happens on entering the block and
+        takes at most ``timeout`` seconds (``None``: no limit), then raises :class:`WaitTimeout`.
+        Do not use ``buf`` after the block.
+        """
+        return _Reservation(self, nbytes, timeout, False)
+
+    def reserve_nowait(self, nbytes: int) -> _Reservation:
+        """:meth:`reserve` that raises :class:`WouldBlock` instead of waiting."""
+        return _Reservation(self, nbytes, 0.0, True)
+
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        """Copy a bytes-like object into one record (one memcpy).
+
+        Waits at most ``timeout`` seconds for space (and for the writer lock); raises
+        :class:`WaitTimeout`, :class:`RecordTooLarge`, :class:`EndOfStream` once the stream was
+        ended, :class:`ClosedError`.
+        """
+        self._send(data, timeout, False)
+
+    def send_nowait(self, data: Any) -> None:
+        """:meth:`send` that raises :class:`WouldBlock` instead of waiting."""
+        self._send(data, 0.0, True)
+
+    def _send(self, data: Any, timeout: float | None, nowait: bool) -> None:
+        n = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if n > self._max_record:
+            self._check_size(n)
+        size = (n + 63) & ~31  # record_size(n), inlined: this is the hot path
+        pos = self._writer_enter(timeout, nowait)
+        try:
+            cap = self._capacity
+            off = pos % cap
+            if off + size > cap or pos + size - self._head_cache > cap:
+                pos = self._make_room(pos, size, timeout, nowait)
+                off = pos % cap
+            base = self._data_offset + off
+            mm = self._mm
+            words = self._words
+            assert mm is not None and words is not None
+            _RECORD.pack_into(mm, base, n, _DATA, _FIRST_LAST, pos, words[L.W_RECORDS_WRITTEN], 0)
+            mm[base + 32 : base + 32 + n] = data
+            words[L.W_TAIL] = pos + size
+            words[L.W_RECORDS_WRITTEN] += 1
+            words[L.W_BYTES_WRITTEN] += n
+            self._sem_data.release()  # type: ignore[union-attr]
+        finally:
+            if self._multi_writer:
+                self._writer_exit()
+
+    def send_many(self, items: Iterable[Any], timeout: float | None = None) -> int:
+        """Send many bytes-like objects with one lock, one publish and one post per ring-full.
+
+        Returns the number of records sent. Every size is checked before anything is written.
+        On timeout, the records sent so far stay sent and :class:`WaitTimeout` says how many.
+        """
+        items = list(items)
+        sizes = []
+        for item in items:
+            n = len(item) if type(item) is bytes else memoryview(item).nbytes
+            self._check_size(n)
+            sizes.append(n)
+        if not items:
+            return 0
+        pos = self._writer_enter(timeout, False)
+        sent = 0
+        try:
+            mm, words = self._mm, self._words
+            assert mm is not None and words is not None
+            cap, data_offset = self._capacity, self._data_offset
+            seq = words[L.W_RECORDS_WRITTEN]
+            group_start = pos
+            group_records = 0
+            group_bytes = 0
+            last_off = 0
+            for item, n in zip(items, sizes):
+                size = L.record_size(n)
+                off = pos % cap
+                if off + size > cap or pos + size - self._head_cache > cap:
+                    if pos + size - words[L.W_HEAD] > cap or off + size > cap:
+                        if group_records:
+                            self._publish_group(group_start, pos, last_off, group_records, group_bytes)
+                            sent += group_records
+                            group_records = group_bytes = 0
+                        try:
+                            pos = self._make_room(pos, size, timeout, False)
+                        except WaitTimeout as exc:
+                            raise WaitTimeout(f"{exc} (sent {sent} of {len(items)} records)") from None
+                        group_start = pos
+                        off = pos % cap
+                base = data_offset + off
+                _RECORD.pack_into(
+                    mm, base, n, _DATA, L.FLAG_FIRST if group_records == 0 else 0, pos, seq, 0
+                )
+                mm[base + 32 : base + 32 + n] = item
+                last_off = base
+                seq += 1
+                pos += size
+                group_records += 1
+                group_bytes += n
+            if group_records:
+                self._publish_group(group_start, pos, last_off, group_records, group_bytes)
+                sent += group_records
+        finally:
+            self._writer_exit()
+        return sent
+
+    def _publish_group(self, start: int, end: int, last_base: int, records: int, nbytes: int) -> None:
+        del start
+        mm = self._mm
+        assert mm is not None
+        flags = L.FLAGS.unpack_from(mm, last_base + L.FLAGS_OFFSET)[0]
+        L.FLAGS.pack_into(mm, last_base + L.FLAGS_OFFSET, flags | L.FLAG_LAST)  # not yet published
+        self._publish(end, records, nbytes)
+
+    def _publish(self, end: int, records: int, nbytes: int) -> None:
+        words = self._words
+        assert words is not None
+        words[L.W_TAIL] = end  # the single store that makes the group visible
+        words[L.W_RECORDS_WRITTEN] += records
+        words[L.W_BYTES_WRITTEN] += nbytes
+        self._sem_data.release()  # type: ignore[union-attr]
+
+    def end_stream(self, timeout: float | None = None) -> None:
+        """Mark the end of the stream: receivers drain what was sent, then get :class:`EndOfStream`.
+
+        Later sends from any producer raise :class:`EndOfStream`. Idempotent.
+        """
+        self._check_open()
+        words = self._words
+        assert words is not None
+        if words[L.W_END_OF_STREAM]:
+            return
+        pos = self._writer_enter(timeout, False, allow_ended=True)
+        try:
+            if words[L.W_END_OF_STREAM]:
+                return
+            pos = self._make_room(pos, L.RECORD_HEADER_SIZE, timeout, False)
+            _RECORD.pack_into(self._mm, self._data_offset + pos % self._capacity, 0, _END, _FIRST_LAST, pos, 0, 0)
+            words[L.W_END_OF_STREAM] = 1
+            words[L.W_TAIL] = pos + L.RECORD_HEADER_SIZE
+            self._sem_data.release()  # type: ignore[union-attr]
+        finally:
+            self._writer_exit()
+
+    def _writer_enter(self, timeout: float | None, nowait: bool, allow_ended: bool = False) -> int:
+        """Take the writer lock (or role); return the current tail."""
+        if self._closed:
+            raise ClosedError(f"ring {self.name!r} is closed")
+        words = self._words
+        assert words is not None
+        if self._multi_writer:
+            self._lock_writer(timeout, nowait)
+        elif not self._writer_role:
+            self._claim_writer()
+        if words[L.W_END_OF_STREAM] and not allow_ended:
+            if self._multi_writer:
+                self._writer_exit()
+            raise EndOfStream(f"cannot send: the stream of ring {self.name!r} was ended")
+        return words[L.W_TAIL]
+
+    def _writer_exit(self) -> None:
+        if self._multi_writer:
+            words = self._words
+            assert words is not None and self._sem_lock is not None and self._slot is not None
+            words[L.W_LOCK_OWNER] = 0
+            self._sem_lock.release()
+            self._participants.set_field(self._slot, L.S_LOCK_STATE, 0)
+
+    def _claim_writer(self) -> None:
+        words = self._words
+        assert words is not None
+        if not self._region.lock(L.LOCK_ROLE_WRITER):
+            raise BusyError(
+                f"ring {self.name!r} is single-writer and process {words[L.W_WRITER_PID]} is its "
+                "writer; create it with multi_writer=True for several producers"
+            )
+        words[L.W_WRITER_PID] = os.getpid()
+        self._writer_role = True
+        slot = self._ensure_slot()
+        roles = self._participants.get_field(slot, L.S_ROLES)
+        self._participants.set_field(slot, L.S_ROLES, roles | L.ROLE_WRITER)
+
+    def _lock_writer(self, timeout: float | None, nowait: bool) -> None:
+        sem = self._sem_lock
+        assert sem is not None
+        slot = self._ensure_slot()
+        participants = self._participants
+        participants.set_field(slot, L.S_LOCK_STATE, 1)
+        if not sem.try_acquire():
+            if nowait:
+                participants.set_field(slot, L.S_LOCK_STATE, 0)
+                raise WouldBlock(f"writer lock of ring {self.name!r} is held")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                wait = LOCK_CHECK_INTERVAL
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        participants.set_field(slot, L.S_LOCK_STATE, 0)
+                        raise WaitTimeout(
+                            f"writer lock of ring {self.name!r} still held by "
+                            f"{self._owner_description()} after {timeout} s"
+                        )
+                if sem.acquire(wait):
+                    break
+                self._check_lock_holder()
+        self._unknown_owner_since = None
+        assert self._words is not None
+        self._words[L.W_LOCK_OWNER] = participants.generation(slot) << 16 | (slot + 1)
+        if not participants.get_field(slot, L.S_ROLES) & L.ROLE_WRITER:
+            participants.set_field(slot, L.S_ROLES, participants.get_field(slot, L.S_ROLES) | L.ROLE_WRITER)
+
+    def _owner_description(self) -> str:
+        words = self._words
+        assert words is not None
+        owner = words[L.W_LOCK_OWNER]
+        if not owner:
+            return "an unrecorded holder"
+        slot = (owner & 0xFFFF) - 1
+        return f"process {self._participants.get_field(slot, L.S_PID)} (slot {slot})"
+
+    def _check_lock_holder(self) -> None:
+        """Called while waiting for the writer lock: hand it on if its holder died."""
+        words = self._words
+        assert words is not None and self._sem_lock is not None
+        owner = words[L.W_LOCK_OWNER]
+        participants = self._participants
+        if owner:
+            self._unknown_owner_since = None
+            slot = (owner & 0xFFFF) - 1
+            if 0 <= slot < participants.capacity and not participants.alive(slot):
+                if participants.take_dead(slot):
+                    try:
+                        self._cleanup_dead_slot(slot)
+                    finally:
+                        participants.release(slot)
+            return
+        # Held with no owner recorded: normal for microseconds (between the holder's acquire and
+        # its store). If it lasts, a waiter died between acquire and store, or a holder between
+        # clearing the owner and posting: look for a dead slot that was at the lock.
+        if self._sem_lock.value > 0:
+            self._unknown_owner_since = None
+            return
+        now = time.monotonic()
+        if self._unknown_owner_since is None:
+            self._unknown_owner_since = now
+            return
+        if now - self._unknown_owner_since < LOCK_STALE_AFTER:
+            return
+        for p in participants.table():
+            if p.alive or participants.get_field(p.slot, L.S_LOCK_STATE) != 1:
+                continue
+            if participants.take_dead(p.slot):
+                try:
+                    if words[L.W_LOCK_OWNER] == 0 and self._sem_lock.value == 0:
+                        words[L.W_RECOVERIES] += 1
+                        self._sem_lock.release()
+                finally:
+                    participants.release(p.slot)
+                self._unknown_owner_since = None
+                return
+
+    def _cleanup_dead_slot(self, slot: int) -> None:
+        """Run by whoever won a dead participant's slot lock."""
+        words = self._words
+        assert words is not None
+        owner = words[L.W_LOCK_OWNER]
+        if (
+            self._multi_writer
+            and owner
+            and owner == (self._participants.generation(slot) << 16 | (slot + 1))
+        ):
+            # It died holding the writer lock, before publishing: nothing it wrote is visible.
+            words[L.W_LOCK_OWNER] = 0
+            words[L.W_RECOVERIES] += 1
+            assert self._sem_lock is not None
+            self._sem_lock.release()
+
+    def _make_room(self, pos: int, size: int, timeout: float | None, nowait: bool) -> int:
+        """Return the position where a record of ``size`` bytes goes, padding and waiting as needed."""
+        cap = self._capacity
+        off = pos % cap
+        if off + size > cap:
+            pad = cap - off
+            self._wait_space(pos + pad, timeout, nowait)
+            _RECORD.pack_into(self._mm, self._data_offset + off, pad - L.RECORD_HEADER_SIZE, _PADDING, _FIRST_LAST, pos, 0, 0)
+            words = self._words
+            assert words is not None
+            words[L.W_TAIL] = pos + pad
+            self._sem_data.release()  # type: ignore[union-attr]
+            pos += pad
+        self._wait_space(pos + size, timeout, nowait)
+        return pos
+
+    def _wait_space(self, end: int, timeout: float | None, nowait: bool) -> None:
+        cap = self._capacity
+        if end - self._head_cache <= cap:
+            return
+        words = self._words
+        assert words is not None
+        head = words[L.W_HEAD]
+        if end - head <= cap:
+            self._head_cache = head
+            return
+        if nowait:
+            raise WouldBlock(self._full_message(end, head))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sem = self._sem_space
+        assert sem is not None
+        words[L.W_PRODUCER_WAITS] += 1
+        words[L.W_PRODUCER_WAITING] = 1
+        try:
+            while True:
+                head = words[L.W_HEAD]
+                if end - head <= cap:
+                    self._head_cache = head
+                    return
+                if self._closed:
+                    raise ClosedError(f"ring {self.name!r} is closed")
+                wait = SLICE
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise WaitTimeout(self._full_message(end, head) + f" after {timeout} s")
+                sem.acquire(wait)
+        finally:
+            words[L.W_PRODUCER_WAITING] = 0
+
+    def _full_message(self, end: int, head: int) -> str:
+        words = self._words
+        assert words is not None
+        need = end - head - self._capacity
+        pinned = words[L.W_PINNED]
+        msg = f"ring {self.name!r} is full: {need} more bytes must be released by the consumer"
+        if pinned:
+            msg += f" (the consumer holds {pinned} pinned records: views still referenced)"
+        return msg
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> _Received:
+        """Receive the next record as a read-only zero-copy view.
+
+        Use as ``with ring.recv() as view: ...``. Waiting happens on entering the block, at
+        most ``timeout`` seconds (``None``: no limit), then :class:`WaitTimeout`. The record is
+        released when the block exits; if something made from the view (a numpy array, a
+        slice) is still alive then, the record stays pinned until it is collected, and so does
+        every record after it. Raises :class:`EndOfStream` once the stream was ended and drained.
+        """
+        return _Received(self, timeout, False)
+
+    def recv_nowait(self) -> _Received:
+        """:meth:`recv` that raises :class:`WouldBlock` if no record is ready."""
+        return _Received(self, 0.0, True)
+
+    def recv_bytes(self, timeout: float | None = None) -> bytes:
+        """Receive the next record as ``bytes`` (one copy) and release it at once."""
+        end, start, length = self._take(timeout, False)
+        data = self._mm[start : start + length]  # type: ignore[index]
+        self._done(end)
+        return data
+
+    def recv_bytes_nowait(self) -> bytes:
+        """:meth:`recv_bytes` that raises :class:`WouldBlock` if no record is ready."""
+        end, start, length = self._take(0.0, True)
+        data = self._mm[start : start + length]  # type: ignore[index]
+        self._done(end)
+        return data
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        """Copy the next record into a writable ``buffer``; return its length.
+
+        A record larger than ``buffer`` raises ``ValueError`` and stays unreceived.
+        """
+        target = memoryview(buffer).cast("B")
+        end, start, length = self._take(timeout, False)
+        if length > target.nbytes:
+            self._unread(length)
+            raise ValueError(f"record of {length} bytes does not fit a buffer of {target.nbytes} bytes")
+        assert self._buf is not None
+        target[:length] = self._buf[start : start + length]
+        self._done(end)
+        return length
+
+    def recv_many(self, max_records: int = 1024, timeout: float | None = None) -> list[bytes]:
+        """Receive up to ``max_records`` records as ``bytes``, waiting only for the first.
+
+        Returns at least one record (or raises :class:`WaitTimeout` / :class:`EndOfStream`);
+        counts are taken once per published group, not per record.
+        """
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        end, start, length = self._take(timeout, False)
+        mm = self._mm
+        assert mm is not None
+        out = [mm[start : start + length]]
+        last_end = end
+        words = self._words
+        assert words is not None
+        while len(out) < max_records and self._read_pos < words[L.W_TAIL]:
+            try:
+                end, start, length = self._take(0.0, True)
+            except (WouldBlock, EndOfStream):
+                break
+            out.append(mm[start : start + length])
+            last_end = end
+        self._done(last_end)
+        return out
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield records as ``bytes`` until the end of the stream."""
+        while True:
+            try:
+                yield self.recv_bytes()
+            except EndOfStream:
+                return
+
+    def _claim_consumer(self) -> None:
+        words = self._words
+        assert words is not None
+        if not self._region.lock(L.LOCK_ROLE_CONSUMER):
+            raise BusyError(
+                f"ring {self.name!r} already has a live consumer (process {words[L.W_CONSUMER_PID]}); "
+                "a ring has one consumer at a time"
+            )
+        words[L.W_CONSUMER_PID] = os.getpid()
+        self._consumer_role = True
+        slot = self._ensure_slot()
+        self._participants.set_field(slot, L.S_ROLES, self._participants.get_field(slot, L.S_ROLES) | L.ROLE_CONSUMER)
+        head, tail = words[L.W_HEAD], words[L.W_TAIL]
+        self._check_positions(head, tail)
+        self._read_pos = head
+        self._have_token = False
+        self._outstanding = deque()
+        if head < tail:
+            # A previous consumer may have died inside a group (its count already taken).
+            self._at_group_start = bool(self._read_header(head, tail)[2] & L.FLAG_FIRST)
+        else:
+            self._at_group_start = True
+
+    def _check_positions(self, head: int, tail: int) -> None:
+        if not 0 <= tail - head <= self._capacity:
+            raise CorruptionError(
+                f"ring {self.name!r}: head {head} and tail {tail} are {tail - head} bytes apart, "
+                f"capacity is {self._capacity} (the header was overwritten)"
+            )
+
+    def _read_header(self, pos: int, tail: int) -> tuple[int, int, int, int]:
+        """Read and validate the record header at ``pos``; return (length, type, flags, size)."""
+        cap = self._capacity
+        off = pos % cap
+        length, rtype, flags, rpos, _seq, _user = _RECORD.unpack_from(self._mm, self._data_offset + off)  # type: ignore[arg-type]
+        if rpos != pos:
+            raise CorruptionError(
+                f"ring {self.name!r}: record header at offset {off} says position {rpos}, expected {pos}"
+            )
+        if rtype == _DATA:
+            size = (length + 63) & ~31
+            if length > self._max_record or off + size > cap:
+                raise CorruptionError(
+                    f"ring {self.name!r}: record at position {pos} has length {length}, which "
+                    f"overruns the data area ({cap - off - 32} bytes left)"
+                )
+        elif rtype == _PADDING:
+            size = cap - off
+            if length != size - L.RECORD_HEADER_SIZE:
+                raise CorruptionError(f"ring {self.name!r}: padding at position {pos} has length {length}, expected {size - 32}")
+        elif rtype == _END:
+            size = L.RECORD_HEADER_SIZE
+        else:
+            raise CorruptionError(f"ring {self.name!r}: record at position {pos} has unknown type {rtype}")
+        if pos + size > tail:
+            raise CorruptionError(f"ring {self.name!r}: record at position {pos} ({size} bytes) extends past tail {tail}")
+        return length, rtype, flags, size
+
+    def _take(self, timeout: float | None, nowait: bool) -> tuple[int, int, int]:
+        """Wait for the next data record; return (end position, payload offset, length)."""
+        if self._closed:
+            raise ClosedError(f"ring {self.name!r} is closed")
+        if not self._consumer_role:
+            self._claim_consumer()
+        out = self._outstanding
+        if out and out[0][3]:
+            self._advance()
+        words = self._words
+        sem = self._sem_data
+        assert words is not None and sem is not None
+        deadline: float | None = None
+        waited = False
+        while True:
+            pos = self._read_pos
+            tail = words[L.W_TAIL]
+            if pos < tail:
+                if tail - pos > self._capacity:
+                    self._check_positions(pos, tail)
+                if self._at_group_start and not self._have_token:
+                    # The group is published; its count follows at once (or was lost with a
+                    # producer that died in between: then go on after one slice).
+                    if not sem.try_acquire():
+                        sem.acquire(SLICE)
+                self._have_token = False
+                length, rtype, flags, size = self._read_header(pos, tail)
+                if rtype == _DATA:
+                    self._at_group_start = bool(flags & L.FLAG_LAST)
+                    end = pos + size
+                    self._last_pos = pos
+                    self._read_pos = end
+                    words[L.W_RECORDS_READ] += 1
+                    words[L.W_BYTES_READ] += length
+                    return end, self._data_offset + pos % self._capacity + 32, length
+                if rtype == _PADDING:
+                    self._at_group_start = bool(flags & L.FLAG_LAST)
+                    self._read_pos = pos + size
+                    self._done(pos + size)
+                    continue
+                self._at_group_start = False  # end of stream: stays unread, raises every time
+                raise EndOfStream(f"ring {self.name!r}: the stream was ended and is drained")
+            # Empty. A count taken while empty was surplus (a late post already absorbed).
+            self._have_token = False
+            if nowait:
+                raise WouldBlock(f"ring {self.name!r} has no record ready")
+            if not waited:
+                waited = True
+                words[L.W_CONSUMER_WAITS] += 1
+                if timeout is not None:
+                    deadline = time.monotonic() + timeout
+            wait = SLICE
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    raise WaitTimeout(f"no record arrived in ring {self.name!r} within {timeout} s")
+            if sem.acquire(wait):
+                self._have_token = True
+            elif out and out[0][3]:
+                self._advance()  # views may have been collected meanwhile
+            if self._closed:
+                raise ClosedError(f"ring {self.name!r} is closed")
+
+    def _unread(self, length: int) -> None:
+        """Put back the record just taken (``recv_into`` with a buffer too small)."""
+        words = self._words
+        assert words is not None
+        self._read_pos = self._last_pos
+        words[L.W_RECORDS_READ] -= 1
+        words[L.W_BYTES_READ] -= length
+        self._at_group_start = False  # its group's count (if any) was taken already
+
+    def _done(self, end: int) -> None:
+        """The record ending at ``end`` is consumed and no view refers to it."""
+        if self._outstanding:
+            self._outstanding.append([end, None, None, True])
+            self._advance()
+        else:
+            self._set_head(end)
+
+    def _release(self, entry: list[Any]) -> None:
+        view = entry[1]
+        entry[1] = None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                pass  # still exported: the weak reference below keeps the record pinned
+        entry[3] = True
+        if not self._closed:
+            self._advance()
+
+    def _advance(self) -> None:
+        """Release, in order, every record that is consumed and no longer referenced."""
+        out = self._outstanding
+        new_head = None
+        while out:
+            entry = out[0]
+            if not entry[3]:
+                break
+            ref = entry[2]
+            if ref is not None and ref() is not None:
+                break
+            out.popleft()
+            new_head = entry[0]
+        if new_head is not None:
+            self._set_head(new_head)
+        pinned = 0
+        for entry in out:
+            if entry[3] and entry[2] is not None and entry[2]() is not None:
+                pinned += 1
+        if pinned != self._pinned_reported:
+            self._pinned_reported = pinned
+            assert self._words is not None
+            self._words[L.W_PINNED] = pinned
+
+    def _set_head(self, head: int) -> None:
+        words = self._words
+        assert words is not None
+        words[L.W_HEAD] = head
+        if words[L.W_PRODUCER_WAITING]:
+            sem = self._sem_space
+            assert sem is not None
+            if sem.value == 0:  # keep the count bounded (DESIGN.md 3.5)
+                sem.release()
+
+
+_PRIVATE = object()
+
+
+def _weak_callback(method: Any) -> Any:
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
+
+
+def _rebuild_ring(descriptor: tuple[str, Any]) -> Ring:
+    return Ring._from_region(Region.from_descriptor(L.KIND_RING, descriptor))
