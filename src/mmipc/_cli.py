@@ -5,7 +5,7 @@ Commands (each takes ``--json`` for machine-readable output)::
     python -m mmipc ls                 regions and semaphores on this machine
     python -m mmipc inspect NAME|PATH  header fields, positions, participants, lag
     python -m mmipc rm NAME|PATH       remove a region's name or file and its semaphores
-    python -m mmipc gc [--dry-run]     remove objects whose every participant is dead
+    python -m mmipc gc [--dry-run] [GLOB...]  remove objects whose every participant is dead
     python -m mmipc demo               producer/consumer throughput vs multiprocessing.Queue
 
 Regions are found as named segments (``/dev/shm/mmipc-*``), as anonymous memfds held open by
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import json
 import os
 import re
@@ -213,11 +214,19 @@ def _remove(target: str) -> dict[str, Any]:
     return {"target": target, "removed_region": removed_name, "removed_semaphores": sems}
 
 
-def _gc(dry_run: bool) -> dict[str, Any]:
+def _gc(dry_run: bool, patterns: Sequence[str] = ()) -> dict[str, Any]:
+    """Remove named regions with no live participant and semaphores nobody has open.
+
+    With ``patterns`` (shell globs), only named regions whose name matches, and their
+    semaphores, are considered.
+    """
     removed: list[dict[str, Any]] = []
     live_nonces: set[str] = set()
+    removed_nonces: set[str] = set()
     for entry in sorted(os.listdir(SHM_DIR)) if os.path.isdir(SHM_DIR) else []:
         if not entry.startswith(SEGMENT_PREFIX):
+            continue
+        if patterns and not any(fnmatch.fnmatchcase(entry[len(SEGMENT_PREFIX):], p) for p in patterns):
             continue
         path = os.path.join(SHM_DIR, entry)
         try:
@@ -231,12 +240,13 @@ def _gc(dry_run: bool) -> dict[str, Any]:
                     region.mark_closed_state()
                     region.unlink_name()
                 removed.append({"region": entry[len(SEGMENT_PREFIX):], "nonce": nonce})
+                removed_nonces.add(nonce)
         except (MmipcError, OSError):
             continue
     live_nonces |= set(_anonymous_regions())
     live_nonces |= _mapped_semaphore_nonces()
     for nonce, names in _semaphores().items():
-        if nonce in live_nonces:
+        if nonce in live_nonces or (patterns and nonce not in removed_nonces):
             continue
         for name in names:
             if dry_run or unlink_semaphore(name):
@@ -315,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rm.add_argument("target", nargs="+", help="region name or file path")
     p_gc = sub.add_parser("gc", help="remove regions and semaphores whose every participant is dead")
     p_gc.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    p_gc.add_argument("pattern", nargs="*", help="only named regions matching these globs (and their semaphores)")
     p_demo = sub.add_parser("demo", help="producer/consumer throughput vs multiprocessing.Queue")
     p_demo.add_argument("--total", type=_parse_size, default=1 << 30, help="bytes to exchange (default 1GiB)")
     p_demo.add_argument("--size", type=_parse_size, default=1 << 20, help="payload size (default 1MiB)")
@@ -338,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for r in res:
                     print(f"removed {r['target']}" + (f" and {len(r['removed_semaphores'])} semaphores" if r["removed_semaphores"] else ""))
         else:
-            result = _gc(args.dry_run)
+            result = _gc(args.dry_run, args.pattern)
 
             def printer(res: dict[str, Any]) -> None:
                 verb = "would remove" if res["dry_run"] else "removed"
