@@ -58,7 +58,11 @@ def _open_region(target: str) -> Iterator[Region]:
         path = named_path(target)
     region = Region.attach(_peek_kind(path), path=path, timeout=0.5)
     if path.startswith(SHM_DIR + os.sep + SEGMENT_PREFIX):
-        region.backing, region.name, region.path = "named", path[len(SHM_DIR) + 1 + len(SEGMENT_PREFIX):], None
+        region.backing, region.name, region.path = (
+            "named",
+            path[len(SHM_DIR) + 1 + len(SEGMENT_PREFIX) :],
+            None,
+        )
     try:
         yield region
     finally:
@@ -75,7 +79,7 @@ def _semaphores() -> dict[str, list[str]]:
     for entry in sorted(entries):
         m = _SEM_RE.match(entry)
         if m:
-            out.setdefault(m.group(1), []).append("/" + entry[len("sem."):])
+            out.setdefault(m.group(1), []).append("/" + entry[len("sem.") :])
     return out
 
 
@@ -138,23 +142,33 @@ def _describe(region: Region, detail: bool) -> dict[str, Any]:
         assert region.words is not None
         w = region.words
         info.update(
-            tail=w[L.W_TAIL], head=w[L.W_HEAD], lag_bytes=w[L.W_TAIL] - w[L.W_HEAD],
-            records_written=w[L.W_RECORDS_WRITTEN], records_read=w[L.W_RECORDS_READ],
+            tail=w[L.W_TAIL],
+            head=w[L.W_HEAD],
+            lag_bytes=w[L.W_TAIL] - w[L.W_HEAD],
+            records_written=w[L.W_RECORDS_WRITTEN],
+            records_read=w[L.W_RECORDS_READ],
             end_of_stream=bool(w[L.W_END_OF_STREAM]),
         )
         if detail:
             info.update(
-                multi_writer=bool(hdr["flags"] & L.RING_MULTI_WRITER), max_record=hdr["max_record"],
-                bytes_written=w[L.W_BYTES_WRITTEN], bytes_read=w[L.W_BYTES_READ],
-                producer_waits=w[L.W_PRODUCER_WAITS], consumer_waits=w[L.W_CONSUMER_WAITS],
-                pinned_records=w[L.W_PINNED], recoveries=w[L.W_RECOVERIES],
+                multi_writer=bool(hdr["flags"] & L.RING_MULTI_WRITER),
+                max_record=hdr["max_record"],
+                bytes_written=w[L.W_BYTES_WRITTEN],
+                bytes_read=w[L.W_BYTES_READ],
+                producer_waits=w[L.W_PRODUCER_WAITS],
+                consumer_waits=w[L.W_CONSUMER_WAITS],
+                pinned_records=w[L.W_PINNED],
+                recoveries=w[L.W_RECOVERIES],
                 lock_owner=w[L.W_LOCK_OWNER],
             )
     if detail:
         info["header"] = hdr
         info["participant_table"] = [
             {
-                "slot": p.slot, "pid": p.pid, "alive": p.alive, "attached_ns": p.attached_ns,
+                "slot": p.slot,
+                "pid": p.pid,
+                "alive": p.alive,
+                "attached_ns": p.attached_ns,
                 "roles": [n for bit, n in L.ROLE_NAMES.items() if p.roles & bit],
             }
             for p in participants
@@ -177,7 +191,7 @@ def _list() -> dict[str, Any]:
             with _open_region(os.path.join(SHM_DIR, entry)) as region:
                 info = _describe(region, detail=False)
         except (MmipcError, OSError) as exc:
-            regions.append({"name": entry[len(SEGMENT_PREFIX):], "backing": "named", "error": str(exc)})
+            regions.append({"name": entry[len(SEGMENT_PREFIX) :], "backing": "named", "error": str(exc)})
             continue
         seen.add(info["nonce"])
         regions.append(info)
@@ -226,7 +240,7 @@ def _gc(dry_run: bool, patterns: Sequence[str] = ()) -> dict[str, Any]:
     for entry in sorted(os.listdir(SHM_DIR)) if os.path.isdir(SHM_DIR) else []:
         if not entry.startswith(SEGMENT_PREFIX):
             continue
-        if patterns and not any(fnmatch.fnmatchcase(entry[len(SEGMENT_PREFIX):], p) for p in patterns):
+        if patterns and not any(fnmatch.fnmatchcase(entry[len(SEGMENT_PREFIX) :], p) for p in patterns):
             continue
         path = os.path.join(SHM_DIR, entry)
         try:
@@ -239,7 +253,7 @@ def _gc(dry_run: bool, patterns: Sequence[str] = ()) -> dict[str, Any]:
                 if not dry_run:
                     region.mark_closed_state()
                     region.unlink_name()
-                removed.append({"region": entry[len(SEGMENT_PREFIX):], "nonce": nonce})
+                removed.append({"region": entry[len(SEGMENT_PREFIX) :], "nonce": nonce})
                 removed_nonces.add(nonce)
         except (MmipcError, OSError):
             continue
@@ -281,7 +295,9 @@ def _print_list(result: dict[str, Any]) -> None:
             )
     for s in result["semaphores"]:
         state = "in use" if s["in_use"] else "orphan (gc removes it)"
-        print(f"semaphores of region {s['nonce']} (no region found: file-backed or gone), {state}: {' '.join(s['names'])}")
+        print(
+            f"semaphores of region {s['nonce']} (no region found: file-backed or gone), {state}: {' '.join(s['names'])}"
+        )
 
 
 def _print_inspect(info: dict[str, Any]) -> None:
@@ -325,7 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rm.add_argument("target", nargs="+", help="region name or file path")
     p_gc = sub.add_parser("gc", help="remove regions and semaphores whose every participant is dead")
     p_gc.add_argument("--dry-run", action="store_true", help="only show what would be removed")
-    p_gc.add_argument("pattern", nargs="*", help="only named regions matching these globs (and their semaphores)")
+    p_gc.add_argument(
+        "pattern", nargs="*", help="only named regions matching these globs (and their semaphores)"
+    )
     p_demo = sub.add_parser("demo", help="producer/consumer throughput vs multiprocessing.Queue")
     p_demo.add_argument("--total", type=_parse_size, default=1 << 30, help="bytes to exchange (default 1GiB)")
     p_demo.add_argument("--size", type=_parse_size, default=1 << 20, help="payload size (default 1MiB)")
@@ -347,7 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             def printer(res: list[dict[str, Any]]) -> None:
                 for r in res:
-                    print(f"removed {r['target']}" + (f" and {len(r['removed_semaphores'])} semaphores" if r["removed_semaphores"] else ""))
+                    print(
+                        f"removed {r['target']}"
+                        + (
+                            f" and {len(r['removed_semaphores'])} semaphores"
+                            if r["removed_semaphores"]
+                            else ""
+                        )
+                    )
         else:
             result = _gc(args.dry_run, args.pattern)
 
@@ -356,7 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not res["removed"]:
                     print("nothing to remove")
                 for r in res["removed"]:
-                    print(f"{verb} {'region ' + r['region'] if 'region' in r else 'semaphore ' + r['semaphore']}")
+                    print(
+                        f"{verb} {'region ' + r['region'] if 'region' in r else 'semaphore ' + r['semaphore']}"
+                    )
     except (MmipcError, ValueError) as exc:
         print(f"mmipc: {exc}", file=sys.stderr)
         return 1

@@ -66,7 +66,9 @@ def _queue_consumer(queue: Any, count: int, start: Any, result: Any) -> None:
     result.put((received, time.perf_counter() - t0, checksum))
 
 
-def _run_pair(ctx: Any, producer: Any, consumer: Any, channel: Any, count: int, payload: bytes) -> tuple[int, float, int]:
+def _run_pair(
+    ctx: Any, producer: Any, consumer: Any, channel: Any, count: int, payload: bytes
+) -> tuple[int, float, int]:
     start = ctx.Barrier(2)
     result = ctx.Queue()
     procs = [
@@ -96,8 +98,10 @@ def run_demo(total: int = 1 << 30, size: int = 1 << 20, json_output: bool = Fals
     ctx = mp.get_context()
     capacity = max(64 << 20, 8 * (size + 64))
     if not json_output:
-        print(f"mmipc demo: {count} payloads of {size} bytes ({count * size / 2**30:.2f} GiB), "
-              f"producer -> consumer process ({ctx.get_start_method()} start)")
+        print(
+            f"mmipc demo: {count} payloads of {size} bytes ({count * size / 2**30:.2f} GiB), "
+            f"producer -> consumer process ({ctx.get_start_method()} start)"
+        )
     rows = []
     with Ring.create(capacity) as ring:
         received, seconds, checksum = _run_pair(ctx, _ring_producer, _ring_consumer, ring, count, payload)
@@ -107,14 +111,24 @@ def run_demo(total: int = 1 << 30, size: int = 1 << 20, json_output: bool = Fals
     queue.close()
     rows.append(("multiprocessing.Queue", received, seconds, checksum))
     ok = all(r[1] == count and r[3] == expected for r in rows)
-    results = [
-        {"transport": name, "messages": n, "seconds": s, "mb_per_s": n * size / s / 1e6, "msgs_per_s": n / s,
-         "verified": n == count and c == expected}
+    results: list[dict[str, Any]] = [
+        {
+            "transport": name,
+            "messages": n,
+            "seconds": s,
+            "mb_per_s": n * size / s / 1e6,
+            "msgs_per_s": n / s,
+            "verified": n == count and c == expected,
+        }
         for name, n, s, c in rows
     ]
     speedup = results[0]["mb_per_s"] / results[1]["mb_per_s"]
     if json_output:
-        print(json.dumps({"payload_bytes": size, "count": count, "results": results, "speedup": speedup}, indent=2))
+        print(
+            json.dumps(
+                {"payload_bytes": size, "count": count, "results": results, "speedup": speedup}, indent=2
+            )
+        )
     else:
         print(f"{'transport':40} {'MB/s':>10} {'msgs/s':>10}  verified")
         for r in results:

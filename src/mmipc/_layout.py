@@ -59,6 +59,9 @@ Ring lock block at 768, written by whoever holds (or recovers) the writer semaph
 
     768 lock_owner         0, or (slot + 1) | generation << 16 of the holder
     776 recoveries         writer locks handed on after the holder died
+    784 lock_suspect       1 after a dead slot was reclaimed that was at the writer lock with no
+                           owner recorded (it may have died holding it); cleared once the lock is
+                           seen moving
 
 Participant table at ``HEADER_SIZE``: ``max_participants`` slots of ``SLOT_SIZE`` bytes:
 
@@ -147,6 +150,7 @@ W_CONSUMER_PID = 680 // 8
 # Ring lock block
 W_LOCK_OWNER = 768 // 8
 W_RECOVERIES = 776 // 8
+W_LOCK_SUSPECT = 784 // 8
 
 # Participant slots
 SLOT_SIZE = 128

@@ -185,13 +185,28 @@ class Region:
             if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
                 assert region.mm is not None
                 region.mm.madvise(mmap.MADV_HUGEPAGE)
-            display = (name or (os.path.basename(fspath) if fspath else f"anon:{nonce:016x}"))
+            display = name or (os.path.basename(fspath) if fspath else f"anon:{nonce:016x}")
             assert region.buf is not None and region.words is not None
             L.HEADER.pack_into(
-                region.buf, 0,
-                L.MAGIC, L.LAYOUT_VERSION, kind, L.STATE_INIT, nonce, total, data_offset,
-                data_size, os.getpid(), time.time_ns(), max_participants, L.SLOT_SIZE, flags,
-                max_record, display.encode()[: L.NAME_SIZE], 0, L.RECORD_ALIGN,
+                region.buf,
+                0,
+                L.MAGIC,
+                L.LAYOUT_VERSION,
+                kind,
+                L.STATE_INIT,
+                nonce,
+                total,
+                data_offset,
+                data_size,
+                os.getpid(),
+                time.time_ns(),
+                max_participants,
+                L.SLOT_SIZE,
+                flags,
+                max_record,
+                display.encode()[: L.NAME_SIZE],
+                0,
+                L.RECORD_ALIGN,
                 L.RECORD_HEADER_SIZE,
             )
             L.CRC.pack_into(region.buf, L.CRC_OFFSET, header_crc(region.buf))
@@ -289,8 +304,26 @@ class Region:
         self._map(size)
         assert self.buf is not None and self.words is not None
         head = bytes(self.buf[: L.HEADER.size])
-        (magic, version, kind, state, nonce, total, data_offset, data_size, _pid, _ns,
-         max_participants, slot_size, _flags, _max_record, _name, crc, _align, _rh) = L.HEADER.unpack(head)
+        (
+            magic,
+            version,
+            kind,
+            state,
+            nonce,
+            total,
+            data_offset,
+            data_size,
+            _pid,
+            _ns,
+            max_participants,
+            slot_size,
+            _flags,
+            _max_record,
+            _name,
+            crc,
+            _align,
+            _rh,
+        ) = L.HEADER.unpack(head)
         if magic != L.MAGIC:
             if magic == bytes(8) and state == L.STATE_INIT:
                 return "header not written yet"
@@ -316,9 +349,14 @@ class Region:
         if state != L.STATE_READY:
             raise CorruptionError(f"{what} has unknown state {state}")
         if total > size:
-            raise IncompatibleRegion(f"{what} is truncated: the file has {size} bytes, its header says {total}")
-        if (slot_size != L.SLOT_SIZE or data_offset != L.data_offset_for(max_participants)
-                or data_offset + data_size != total):
+            raise IncompatibleRegion(
+                f"{what} is truncated: the file has {size} bytes, its header says {total}"
+            )
+        if (
+            slot_size != L.SLOT_SIZE
+            or data_offset != L.data_offset_for(max_participants)
+            or data_offset + data_size != total
+        ):
             raise CorruptionError(f"{what}: inconsistent geometry in header")
         self.nonce = nonce
         return None
@@ -350,18 +388,45 @@ class Region:
     def header(self) -> dict[str, Any]:
         """The static header fields as a dict (for ``inspect`` and ``repr``)."""
         buf = self._require_open()
-        (magic, version, kind, _state, nonce, total, data_offset, data_size, pid, created_ns,
-         max_participants, slot_size, flags, max_record, name, _crc, align, rh) = L.HEADER.unpack_from(buf, 0)
+        (
+            magic,
+            version,
+            kind,
+            _state,
+            nonce,
+            total,
+            data_offset,
+            data_size,
+            pid,
+            created_ns,
+            max_participants,
+            slot_size,
+            flags,
+            max_record,
+            name,
+            _crc,
+            align,
+            rh,
+        ) = L.HEADER.unpack_from(buf, 0)
         assert self.words is not None
         return {
-            "magic": magic.decode("latin-1"), "layout_version": version,
+            "magic": magic.decode("latin-1"),
+            "layout_version": version,
             "kind": L.KIND_NAMES.get(kind, str(kind)),
             "state": L.STATE_NAMES.get(self.words[L.W_STATE], str(self.words[L.W_STATE])),
-            "nonce": f"{nonce:016x}", "total_size": total, "data_offset": data_offset,
-            "data_size": data_size, "creator_pid": pid, "created_ns": created_ns,
-            "max_participants": max_participants, "slot_size": slot_size, "flags": flags,
-            "max_record": max_record, "name": name.rstrip(b"\0").decode(errors="replace"),
-            "record_align": align, "record_header_size": rh,
+            "nonce": f"{nonce:016x}",
+            "total_size": total,
+            "data_offset": data_offset,
+            "data_size": data_size,
+            "creator_pid": pid,
+            "created_ns": created_ns,
+            "max_participants": max_participants,
+            "slot_size": slot_size,
+            "flags": flags,
+            "max_record": max_record,
+            "name": name.rstrip(b"\0").decode(errors="replace"),
+            "record_align": align,
+            "record_header_size": rh,
         }
 
     @property
@@ -401,7 +466,7 @@ class Region:
         """
         arg = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0)
         res = fcntl.fcntl(self.fd, F_OFD_GETLK, arg)
-        return _FLOCK.unpack(res)[0] != fcntl.F_UNLCK
+        return bool(_FLOCK.unpack(res)[0] != fcntl.F_UNLCK)
 
     def lock_with_timeout(self, byte: int, timeout: float, what: str) -> None:
         """Take the OFD lock on ``byte``, polling for at most ``timeout`` seconds."""
@@ -421,7 +486,9 @@ class Region:
         if self._closed:
             return
         try:
-            new_fd = os.open(f"/proc/self/fd/{self.fd}", (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC)
+            new_fd = os.open(
+                f"/proc/self/fd/{self.fd}", (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC
+            )
             os.dup2(new_fd, self.fd, inheritable=False)
             os.close(new_fd)
         except OSError:

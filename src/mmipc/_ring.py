@@ -68,6 +68,7 @@ _DATA = L.REC_DATA
 _PADDING = L.REC_PADDING
 _END = L.REC_END
 _FIRST_LAST = L.FLAG_FIRST | L.FLAG_LAST
+_FIRST = L.FLAG_FIRST
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def _sem_names(nonce: int) -> tuple[str, str, str]:
 class _Reservation:
     """Context manager returned by :meth:`Ring.reserve`."""
 
-    __slots__ = ("_ring", "_nbytes", "_timeout", "_nowait", "_pos", "_view")
+    __slots__ = ("_nbytes", "_nowait", "_pos", "_ring", "_timeout", "_view")
 
     def __init__(self, ring: Ring, nbytes: int, timeout: float | None, nowait: bool) -> None:
         self._ring = ring
@@ -146,9 +147,16 @@ class _Reservation:
                 pos = self._pos
                 n = self._nbytes
                 words = ring._words
+                assert ring._mm is not None and words is not None
                 _RECORD.pack_into(
-                    ring._mm, ring._data_offset + pos % ring._capacity,
-                    n, _DATA, _FIRST_LAST, pos, words[L.W_RECORDS_WRITTEN], 0,
+                    ring._mm,
+                    ring._data_offset + pos % ring._capacity,
+                    n,
+                    _DATA,
+                    _FIRST_LAST,
+                    pos,
+                    words[L.W_RECORDS_WRITTEN],
+                    0,
                 )
                 ring._publish(pos + L.record_size(n), 1, n)
         finally:
@@ -158,7 +166,7 @@ class _Reservation:
 class _Received:
     """Context manager returned by :meth:`Ring.recv`."""
 
-    __slots__ = ("_ring", "_timeout", "_nowait", "_entry")
+    __slots__ = ("_entry", "_nowait", "_ring", "_timeout")
 
     def __init__(self, ring: Ring, timeout: float | None, nowait: bool) -> None:
         self._ring = ring
@@ -171,6 +179,7 @@ class _Received:
             raise RuntimeError("a received record can be entered only once")
         ring = self._ring
         end, start, length = ring._take(self._timeout, self._nowait)
+        assert ring._mm is not None
         view, ref = tracked_view(ring._mm, start, length)
         entry = [end, view, ref, False]
         ring._outstanding.append(entry)
@@ -223,6 +232,8 @@ class Ring:
         self._consumer_role = False
         self._read_pos = 0
         self._last_pos = 0
+        self._last_seq = -1
+        self._next_seq = -1  # sequence the next data record must carry (-1: not known yet)
         self._at_group_start = True
         self._have_token = False
         self._outstanding: deque[list[Any]] = deque()
@@ -256,10 +267,15 @@ class Ring:
         capacity = L.align_up(capacity, L.RECORD_ALIGN)
         max_record = min(capacity - L.RECORD_HEADER_SIZE, L.MAX_RECORD_LIMIT)
         region = Region.create(
-            L.KIND_RING, capacity, name=name, path=path, mode=mode,
+            L.KIND_RING,
+            capacity,
+            name=name,
+            path=path,
+            mode=mode,
             max_participants=max_participants,
             flags=L.RING_MULTI_WRITER if multi_writer else 0,
-            max_record=max_record, hugepages=hugepages,
+            max_record=max_record,
+            hugepages=hugepages,
         )
         try:
             ring = cls(region, _token=_PRIVATE)
@@ -335,7 +351,7 @@ class Ring:
         groups = 0
         first = True
         while pos < tail:
-            length, rtype, flags, size = self._read_header(pos, tail)
+            _length, _rtype, flags, size, _seq = self._read_header(pos, tail)
             if first and not flags & L.FLAG_FIRST:
                 pass  # head is inside a group whose count a dead consumer already took
             elif flags & L.FLAG_FIRST:
@@ -579,13 +595,12 @@ class Ring:
         On timeout, the records sent so far stay sent and :class:`WaitTimeout` says how many.
         """
         items = list(items)
-        sizes = []
-        for item in items:
-            n = len(item) if type(item) is bytes else memoryview(item).nbytes
-            self._check_size(n)
-            sizes.append(n)
         if not items:
             return 0
+        sizes = [len(item) if type(item) is bytes else memoryview(item).nbytes for item in items]
+        largest = max(sizes)
+        if largest > self._max_record:
+            self._check_size(largest)
         pos = self._writer_enter(timeout, False)
         sent = 0
         try:
@@ -597,8 +612,9 @@ class Ring:
             group_records = 0
             group_bytes = 0
             last_off = 0
-            for item, n in zip(items, sizes):
-                size = L.record_size(n)
+            pack = _RECORD.pack_into
+            for item, n in zip(items, sizes, strict=True):
+                size = (n + 63) & ~31  # record_size(n), inlined
                 off = pos % cap
                 if off + size > cap or pos + size - self._head_cache > cap:
                     if pos + size - words[L.W_HEAD] > cap or off + size > cap:
@@ -613,9 +629,7 @@ class Ring:
                         group_start = pos
                         off = pos % cap
                 base = data_offset + off
-                _RECORD.pack_into(
-                    mm, base, n, _DATA, L.FLAG_FIRST if group_records == 0 else 0, pos, seq, 0
-                )
+                pack(mm, base, n, _DATA, 0 if group_records else _FIRST, pos, seq, 0)
                 mm[base + 32 : base + 32 + n] = item
                 last_off = base
                 seq += 1
@@ -660,7 +674,10 @@ class Ring:
             if words[L.W_END_OF_STREAM]:
                 return
             pos = self._make_room(pos, L.RECORD_HEADER_SIZE, timeout, False)
-            _RECORD.pack_into(self._mm, self._data_offset + pos % self._capacity, 0, _END, _FIRST_LAST, pos, 0, 0)
+            assert self._mm is not None
+            _RECORD.pack_into(
+                self._mm, self._data_offset + pos % self._capacity, 0, _END, _FIRST_LAST, pos, 0, 0
+            )
             words[L.W_END_OF_STREAM] = 1
             words[L.W_TAIL] = pos + L.RECORD_HEADER_SIZE
             self._sem_data.release()  # type: ignore[union-attr]
@@ -711,10 +728,12 @@ class Ring:
         slot = self._ensure_slot()
         participants = self._participants
         participants.set_field(slot, L.S_LOCK_STATE, 1)
-        if not sem.try_acquire():
-            if nowait:
+        if nowait and not sem.try_acquire():
+            self._check_lock_holder()  # a dead holder is handed on even without waiting
+            if not sem.try_acquire():
                 participants.set_field(slot, L.S_LOCK_STATE, 0)
-                raise WouldBlock(f"writer lock of ring {self.name!r} is held")
+                raise WouldBlock(f"writer lock of ring {self.name!r} is held by {self._owner_description()}")
+        elif not nowait and not sem.try_acquire():
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 wait = LOCK_CHECK_INTERVAL
@@ -752,6 +771,8 @@ class Ring:
         participants = self._participants
         if owner:
             self._unknown_owner_since = None
+            if words[L.W_LOCK_SUSPECT]:
+                words[L.W_LOCK_SUSPECT] = 0  # the lock moves: nobody died holding it
             slot = (owner & 0xFFFF) - 1
             if 0 <= slot < participants.capacity and not participants.alive(slot):
                 if participants.take_dead(slot):
@@ -765,6 +786,8 @@ class Ring:
         # clearing the owner and posting: look for a dead slot that was at the lock.
         if self._sem_lock.value > 0:
             self._unknown_owner_since = None
+            if words[L.W_LOCK_SUSPECT]:
+                words[L.W_LOCK_SUSPECT] = 0
             return
         now = time.monotonic()
         if self._unknown_owner_since is None:
@@ -784,22 +807,32 @@ class Ring:
                     participants.release(p.slot)
                 self._unknown_owner_since = None
                 return
+        if words[L.W_LOCK_SUSPECT]:
+            # The dead slot was already reclaimed by a newcomer (see _cleanup_dead_slot), which
+            # left this mark. Recover under the attach lock so that only one waiter posts.
+            with participants.attach_lock():
+                if words[L.W_LOCK_SUSPECT] and words[L.W_LOCK_OWNER] == 0 and self._sem_lock.value == 0:
+                    words[L.W_LOCK_SUSPECT] = 0
+                    words[L.W_RECOVERIES] += 1
+                    self._sem_lock.release()
+            self._unknown_owner_since = None
 
     def _cleanup_dead_slot(self, slot: int) -> None:
         """Run by whoever won a dead participant's slot lock."""
         words = self._words
         assert words is not None
         owner = words[L.W_LOCK_OWNER]
-        if (
-            self._multi_writer
-            and owner
-            and owner == (self._participants.generation(slot) << 16 | (slot + 1))
-        ):
+        if self._multi_writer and owner and owner == (self._participants.generation(slot) << 16 | (slot + 1)):
             # It died holding the writer lock, before publishing: nothing it wrote is visible.
             words[L.W_LOCK_OWNER] = 0
             words[L.W_RECOVERIES] += 1
             assert self._sem_lock is not None
             self._sem_lock.release()
+        elif self._multi_writer and not owner and self._participants.get_field(slot, L.S_LOCK_STATE) == 1:
+            # It died at the lock with no owner recorded: waiting, or holding it between its
+            # acquire and its owner store. The slot is about to be reused, so leave a mark for
+            # the waiters' staleness check (_check_lock_holder) instead of guessing now.
+            words[L.W_LOCK_SUSPECT] = 1
 
     def _make_room(self, pos: int, size: int, timeout: float | None, nowait: bool) -> int:
         """Return the position where a record of ``size`` bytes goes, padding and waiting as needed."""
@@ -808,7 +841,17 @@ class Ring:
         if off + size > cap:
             pad = cap - off
             self._wait_space(pos + pad, timeout, nowait)
-            _RECORD.pack_into(self._mm, self._data_offset + off, pad - L.RECORD_HEADER_SIZE, _PADDING, _FIRST_LAST, pos, 0, 0)
+            assert self._mm is not None
+            _RECORD.pack_into(
+                self._mm,
+                self._data_offset + off,
+                pad - L.RECORD_HEADER_SIZE,
+                _PADDING,
+                _FIRST_LAST,
+                pos,
+                0,
+                0,
+            )
             words = self._words
             assert words is not None
             words[L.W_TAIL] = pos + pad
@@ -827,6 +870,7 @@ class Ring:
         if end - head <= cap:
             self._head_cache = head
             return
+        self._check_positions(head, words[L.W_TAIL])  # a corrupt head/tail must not look "full"
         if nowait:
             raise WouldBlock(self._full_message(end, head))
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -910,26 +954,63 @@ class Ring:
     def recv_many(self, max_records: int = 1024, timeout: float | None = None) -> list[bytes]:
         """Receive up to ``max_records`` records as ``bytes``, waiting only for the first.
 
-        Returns at least one record (or raises :class:`WaitTimeout` / :class:`EndOfStream`);
-        counts are taken once per published group, not per record.
+        Returns at least one record (or raises :class:`WaitTimeout` / :class:`EndOfStream`).
+        Records after the first are read in a tight loop: one semaphore count per published
+        group (a ``send_many`` batch is one group), one head store and one stats update per call.
         """
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
         end, start, length = self._take(timeout, False)
-        mm = self._mm
-        assert mm is not None
+        mm, words, sem = self._mm, self._words, self._sem_data
+        assert mm is not None and words is not None and sem is not None
         out = [mm[start : start + length]]
-        last_end = end
-        words = self._words
-        assert words is not None
-        while len(out) < max_records and self._read_pos < words[L.W_TAIL]:
-            try:
-                end, start, length = self._take(0.0, True)
-            except (WouldBlock, EndOfStream):
-                break
-            out.append(mm[start : start + length])
-            last_end = end
-        self._done(last_end)
+        cap, data_offset, max_record = self._capacity, self._data_offset, self._max_record
+        unpack = _RECORD.unpack_from
+        pos = consumed = end
+        at_start = self._at_group_start
+        tail = words[L.W_TAIL]
+        records = nbytes = 0
+        while len(out) < max_records:
+            if pos >= tail:
+                tail = words[L.W_TAIL]
+                if pos >= tail:
+                    break
+                if tail - pos > cap:
+                    self._check_positions(pos, tail)
+            if at_start and not sem.try_acquire():
+                break  # published, but its count is not posted yet: take it on the next call
+            off = pos % cap
+            length, rtype, flags, rpos, seq, _user = unpack(mm, data_offset + off)
+            size = (length + 63) & ~31
+            if not (
+                rtype == _DATA
+                and rpos == pos
+                and length <= max_record
+                and off + size <= cap
+                and pos + size <= tail
+            ):
+                length, rtype, flags, size, seq = self._read_header(pos, tail)  # validates; raises
+                if rtype == _END:
+                    at_start = False  # stays unread (its count taken): the next call raises EndOfStream
+                    break
+            at_start = bool(flags & L.FLAG_LAST)
+            if rtype == _DATA:
+                if seq != self._next_seq:
+                    self._read_pos = pos
+                    self._done(consumed)
+                    raise self._bad_sequence(pos, seq)
+                self._next_seq = seq + 1
+                base = data_offset + off + 32
+                out.append(mm[base : base + length])
+                records += 1
+                nbytes += length
+            pos = consumed = pos + size
+        self._at_group_start = at_start
+        self._read_pos = pos
+        if records:
+            words[L.W_RECORDS_READ] += records
+            words[L.W_BYTES_READ] += nbytes
+        self._done(consumed)
         return out
 
     def __iter__(self) -> Iterator[bytes]:
@@ -951,7 +1032,9 @@ class Ring:
         words[L.W_CONSUMER_PID] = os.getpid()
         self._consumer_role = True
         slot = self._ensure_slot()
-        self._participants.set_field(slot, L.S_ROLES, self._participants.get_field(slot, L.S_ROLES) | L.ROLE_CONSUMER)
+        self._participants.set_field(
+            slot, L.S_ROLES, self._participants.get_field(slot, L.S_ROLES) | L.ROLE_CONSUMER
+        )
         head, tail = words[L.W_HEAD], words[L.W_TAIL]
         self._check_positions(head, tail)
         self._read_pos = head
@@ -962,6 +1045,10 @@ class Ring:
             self._at_group_start = bool(self._read_header(head, tail)[2] & L.FLAG_FIRST)
         else:
             self._at_group_start = True
+        self._next_seq = -1
+        # A consumer that died left its count of pinned records behind: they are ours now.
+        words[L.W_PINNED] = 0
+        self._pinned_reported = 0
 
     def _check_positions(self, head: int, tail: int) -> None:
         if not 0 <= tail - head <= self._capacity:
@@ -970,11 +1057,14 @@ class Ring:
                 f"capacity is {self._capacity} (the header was overwritten)"
             )
 
-    def _read_header(self, pos: int, tail: int) -> tuple[int, int, int, int]:
-        """Read and validate the record header at ``pos``; return (length, type, flags, size)."""
+    def _read_header(self, pos: int, tail: int) -> tuple[int, int, int, int, int]:
+        """Read and validate the record header at ``pos``; return (length, type, flags, size, seq).
+
+        Data records must also carry the next sequence number (checked by the callers).
+        """
         cap = self._capacity
         off = pos % cap
-        length, rtype, flags, rpos, _seq, _user = _RECORD.unpack_from(self._mm, self._data_offset + off)  # type: ignore[arg-type]
+        length, rtype, flags, rpos, seq, _user = _RECORD.unpack_from(self._mm, self._data_offset + off)  # type: ignore[arg-type]
         if rpos != pos:
             raise CorruptionError(
                 f"ring {self.name!r}: record header at offset {off} says position {rpos}, expected {pos}"
@@ -989,14 +1079,31 @@ class Ring:
         elif rtype == _PADDING:
             size = cap - off
             if length != size - L.RECORD_HEADER_SIZE:
-                raise CorruptionError(f"ring {self.name!r}: padding at position {pos} has length {length}, expected {size - 32}")
+                raise CorruptionError(
+                    f"ring {self.name!r}: padding at position {pos} has length {length}, expected {size - 32}"
+                )
         elif rtype == _END:
             size = L.RECORD_HEADER_SIZE
+            words = self._words
+            assert words is not None
+            if length != 0 or not words[L.W_END_OF_STREAM]:
+                raise CorruptionError(
+                    f"ring {self.name!r}: end-of-stream record at position {pos} is inconsistent "
+                    f"(length {length}, end flag {words[L.W_END_OF_STREAM]})"
+                )
         else:
             raise CorruptionError(f"ring {self.name!r}: record at position {pos} has unknown type {rtype}")
         if pos + size > tail:
-            raise CorruptionError(f"ring {self.name!r}: record at position {pos} ({size} bytes) extends past tail {tail}")
-        return length, rtype, flags, size
+            raise CorruptionError(
+                f"ring {self.name!r}: record at position {pos} ({size} bytes) extends past tail {tail}"
+            )
+        return length, rtype, flags, size, seq
+
+    def _bad_sequence(self, pos: int, seq: int) -> CorruptionError:
+        return CorruptionError(
+            f"ring {self.name!r}: record at position {pos} has sequence number {seq}, expected "
+            f"{self._next_seq} (a record header was overwritten)"
+        )
 
     def _take(self, timeout: float | None, nowait: bool) -> tuple[int, int, int]:
         """Wait for the next data record; return (end position, payload offset, length)."""
@@ -1024,8 +1131,12 @@ class Ring:
                     if not sem.try_acquire():
                         sem.acquire(SLICE)
                 self._have_token = False
-                length, rtype, flags, size = self._read_header(pos, tail)
+                length, rtype, flags, size, seq = self._read_header(pos, tail)
                 if rtype == _DATA:
+                    if seq != self._next_seq and self._next_seq >= 0:
+                        raise self._bad_sequence(pos, seq)
+                    self._last_seq = seq
+                    self._next_seq = seq + 1
                     self._at_group_start = bool(flags & L.FLAG_LAST)
                     end = pos + size
                     self._last_pos = pos
@@ -1066,6 +1177,7 @@ class Ring:
         words = self._words
         assert words is not None
         self._read_pos = self._last_pos
+        self._next_seq = self._last_seq
         words[L.W_RECORDS_READ] -= 1
         words[L.W_BYTES_READ] -= length
         self._at_group_start = False  # its group's count (if any) was taken already

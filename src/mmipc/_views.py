@@ -17,18 +17,17 @@ import weakref
 
 __all__ = ["tracked_view"]
 
-_EMPTY = memoryview(b"")
-
 
 def tracked_view(
     mm: mmap.mmap, offset: int, length: int, readonly: bool = True
 ) -> tuple[memoryview, weakref.ref[ctypes.Array[ctypes.c_ubyte]] | None]:
     """A view of ``mm[offset:offset + length]`` and a weak reference that dies with its last user.
 
-    The reference is ``None`` for an empty view (nothing to protect).
+    The reference is ``None`` for an empty view (nothing to protect); each empty view is a new
+    object, so releasing one never affects another.
     """
     if length == 0:
-        return _EMPTY, None
+        return memoryview(b""), None
     exporter = (ctypes.c_ubyte * length).from_buffer(mm, offset)
     view = memoryview(exporter).cast("B")
     if readonly:
