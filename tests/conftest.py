@@ -42,22 +42,44 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         setattr(session.config, _BEFORE_KEY, mmipc_shm_entries())
 
 
+def _in_use_by_a_live_process(entries: set[str]) -> set[str]:
+    """The entries some live process still maps or holds open (another run on a shared machine)."""
+    paths = {str(_SHM / entry): entry for entry in entries}
+    used: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                for line in maps:
+                    path = line.rstrip("\n").rpartition(" ")[2]
+                    if path in paths:
+                        used.add(paths[path])
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target in paths:
+                    used.add(paths[target])
+        except OSError:
+            continue
+    return used
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if not _is_controller(config):
         return
     before: set[str] = getattr(config, _BEFORE_KEY, set())
-    leaked = sorted(mmipc_shm_entries() - before)
+    new = mmipc_shm_entries() - before
+    # Every process this session started has exited by now; objects a live process still uses
+    # belong to another run on the same machine and are not this suite's leaks.
+    leaked = sorted(new - _in_use_by_a_live_process(new))
     if leaked:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         message = "mmipc objects left in /dev/shm by the test suite: " + ", ".join(leaked)
         if reporter is not None:
             reporter.write_line(message, red=True, bold=True)
-        for entry in leaked:  # clean up so the next run starts from a clean machine
-            try:
-                os.unlink(_SHM / entry)
-            except OSError:
-                pass
+        else:
+            print(message)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -89,36 +89,54 @@ def test_acquire_without_timeout_takes_a_post_from_another_process(sem_name: str
     sem.close()
 
 
-def test_signal_during_wait_is_retried(sem_name: str) -> None:
+def test_signal_whose_handler_returns_does_not_end_the_wait(sem_name: str) -> None:
     sem = Semaphore.create(sem_name)
     hits: list[int] = []
-    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: hits.append(signum))
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: hits.append(signum))
     try:
-        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1))
-        timer.start()
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
         start = time.monotonic()
-        assert sem.acquire(0.3) is False  # the interrupted wait continued to its deadline
+        assert sem.acquire(0.3) is False  # the wait continued to its deadline
         assert time.monotonic() - start >= 0.3
-        timer.join()
     finally:
-        signal.signal(signal.SIGUSR1, previous)
-    assert hits == [signal.SIGUSR1]
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert hits == [signal.SIGALRM]
     sem.close()
 
 
-def test_signal_handler_exception_propagates(sem_name: str) -> None:
+@pytest.mark.parametrize("timeout", [10.0, None])
+def test_exception_from_a_signal_handler_ends_the_wait(sem_name: str, timeout: float | None) -> None:
+    """posix_ipc replaces a handler's exception with SignalError; mmipc must not lose it (Ctrl-C)."""
     sem = Semaphore.create(sem_name)
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGUSR1, handler)
+    previous = signal.signal(signal.SIGALRM, handler)
     try:
-        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1))
-        timer.start()
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
         with pytest.raises(KeyboardInterrupt):
-            sem.acquire(10)
-        timer.join()
+            sem.acquire(timeout)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    sem.close()
+
+
+def test_wait_in_another_thread_survives_signals(sem_name: str) -> None:
+    sem = Semaphore.create(sem_name)
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(sem.acquire(5)))
+    thread.start()
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    try:
+        for _ in range(5):
+            signal.pthread_kill(thread.ident, signal.SIGUSR1)  # type: ignore[arg-type]
+            time.sleep(0.01)
+        sem.release()
+        thread.join(10)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+    assert result == [True]
     sem.close()

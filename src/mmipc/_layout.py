@@ -24,7 +24,7 @@ offset  size  field                meaning
 64      8     created_ns           ``time.time_ns()`` at creation
 72      4     max_participants     slots in the participant table
 76      4     slot_size            ``SLOT_SIZE``
-80      8     flags                kind-specific bits (``RING_MULTI_WRITER``)
+80      8     flags                kind-specific bits (``RING_MULTI_WRITER``, ``REGION_HUGEPAGES``)
 88      8     max_record           largest payload a record may carry
 96      32    name                 UTF-8, NUL padded; display only (``anon:<nonce>`` if none)
 128     4     header_crc           zlib.crc32 of bytes [0, 16) + [24, 128) + [132, 256)
@@ -131,6 +131,7 @@ CRC_RANGES = ((0, 16), (24, 128), (132, 256))
 W_STATE = 16 // 8
 
 RING_MULTI_WRITER = 1
+REGION_HUGEPAGES = 1 << 8  # every process that maps the region asks for transparent huge pages
 
 # Ring producer block
 W_TAIL = 512 // 8

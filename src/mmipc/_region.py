@@ -182,9 +182,8 @@ class Region:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise
             region._map(total)
-            if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
-                assert region.mm is not None
-                region.mm.madvise(mmap.MADV_HUGEPAGE)
+            if hugepages:
+                region.advise_hugepages()
             display = name or (os.path.basename(fspath) if fspath else f"anon:{nonce:016x}")
             assert region.buf is not None and region.words is not None
             L.HEADER.pack_into(
@@ -359,7 +358,22 @@ class Region:
         ):
             raise CorruptionError(f"{what}: inconsistent geometry in header")
         self.nonce = nonce
+        if _flags & L.REGION_HUGEPAGES:
+            self.advise_hugepages()
         return None
+
+    def advise_hugepages(self) -> None:
+        """Ask for transparent huge pages for this mapping, where the platform offers them.
+
+        ``madvise`` applies per mapping, so every process that maps a region created with
+        ``hugepages=True`` calls this (the flag is in the header). Whether the kernel honours it
+        for shared memory depends on ``/sys/kernel/mm/transparent_hugepage/shmem_enabled``.
+        """
+        if self.mm is not None and hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                self.mm.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass  # not supported by this kernel or filesystem: a hint, not a requirement
 
     def _map(self, size: int) -> None:
         prot = mmap.PROT_READ if self.readonly else mmap.PROT_READ | mmap.PROT_WRITE

@@ -273,7 +273,7 @@ class Ring:
             path=path,
             mode=mode,
             max_participants=max_participants,
-            flags=L.RING_MULTI_WRITER if multi_writer else 0,
+            flags=(L.RING_MULTI_WRITER if multi_writer else 0) | (L.REGION_HUGEPAGES if hugepages else 0),
             max_record=max_record,
             hugepages=hugepages,
         )

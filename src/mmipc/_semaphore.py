@@ -2,8 +2,16 @@
 
 It wraps the details DESIGN.md 3.6 lists once: ``acquire`` releases the GIL and ``release`` does
 not; timeouts are wall-clock, so long waits are loops of short ones against ``time.monotonic()``;
-an interrupted wait (``SignalError``) is retried; a failing ``acquire(0)`` raises, which costs
-~0.5 us, so callers check shared state before trying. posix_ipc errors become mmipc errors.
+a failing ``acquire(0)`` raises, which costs ~0.5 us, so callers check shared state before
+trying. posix_ipc errors become mmipc errors.
+
+Signals. When a signal interrupts ``sem_timedwait``, posix_ipc runs the Python handler and then
+*replaces* whatever the handler raised with its own ``SignalError`` (measured with posix_ipc
+1.3: a ``KeyboardInterrupt`` or pytest-timeout's failure vanishes). Retrying that error would
+make Ctrl-C and alarms ineffective during a wait. So in the main thread (the only thread that
+runs Python signal handlers) blocking waits run with signals blocked, at most
+:data:`SIGNAL_SLICE` at a time; when the mask is restored, pending signals are delivered and
+their handlers raise normally. Other threads never run handlers: an interrupted wait is retried.
 
 Platform gap: on macOS ``sem_timedwait`` does not exist (a timeout > 0 blocks forever in
 posix_ipc) and ``sem_getvalue`` fails; mmipc targets Linux and says so in its docs.
@@ -11,6 +19,8 @@ posix_ipc) and ``sem_getvalue`` fails; mmipc targets Linux and says so in its do
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import posix_ipc
@@ -23,7 +33,12 @@ __all__ = ["SLICE", "Semaphore", "semaphore_name", "unlink_semaphore"]
 # re-checks shared state in between, so a lost post delays a waiter by at most SLICE (DESIGN 3.3).
 SLICE = 0.005
 
+# Longest wait with signals blocked in the main thread: the most a Ctrl-C can be delayed.
+SIGNAL_SLICE = 0.05
+
 PREFIX = "mmipc-"
+_ALL_SIGNALS = signal.valid_signals()
+_MAIN_THREAD_ID = threading.main_thread().ident
 
 
 def semaphore_name(nonce: int, suffix: str) -> str:
@@ -108,21 +123,30 @@ class Semaphore:
             except posix_ipc.BusyError:
                 return False
             return True
+        main = threading.get_ident() == _MAIN_THREAD_ID
+        longest = SIGNAL_SLICE if main else 1.0
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if deadline is None:
-                wait = 1.0
+                wait = longest
             else:
                 wait = deadline - time.monotonic()
                 if wait <= 0:
                     return False
-                wait = min(wait, 1.0)
+                wait = min(wait, longest)
+            if main:
+                old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+                try:
+                    sem.acquire(wait)
+                except (posix_ipc.BusyError, posix_ipc.SignalError):
+                    continue
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # handlers run here
+                return True
             try:
                 sem.acquire(wait)
-            except posix_ipc.BusyError:
-                continue
-            except posix_ipc.SignalError:
-                continue  # interrupted by a signal whose handler did not raise: retry
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                continue  # no handler runs in this thread: retry
             return True
 
     @property
