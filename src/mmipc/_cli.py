@@ -387,8 +387,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MmipcError, ValueError) as exc:
         print(f"mmipc: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        printer(result)
+    try:
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            printer(result)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `python -m mmipc ls | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0
