@@ -685,3 +685,34 @@ def test_attach_in_a_forked_child_gets_its_own_slot(make_ring) -> None:
     assert child_slot != parent_slot
     assert ring.stats().participants == 1  # the child left (its lock died with it)
     assert ring._region.kind == L.KIND_RING
+
+
+# -- sequence numbers ---------------------------------------------------------------------------
+
+
+def test_sequence_gap_is_corruption_unless_the_writer_changed(make_ring) -> None:
+    ring = make_ring(4096, kind="named")
+    ring.send(b"zero")
+    assert ring.recv_bytes() == b"zero"
+    # A record counted but never published, as a writer killed between the two stores leaves:
+    ring._words[L.W_RECORDS_WRITTEN] += 1
+    ring.send(b"two")
+    with pytest.raises(mmipc.CorruptionError, match="sequence number 2, expected 1"):
+        ring.recv_bytes()
+    # The same gap after the writing role changed hands is legitimate.
+    ring._words[L.W_WRITER_EPOCH] += 1
+    assert ring.recv_bytes() == b"two"
+    ring.send_many([b"three", b"four"])
+    assert ring.recv_many() == [b"three", b"four"]
+
+
+def test_a_new_writer_after_a_lost_record_is_accepted(make_ring) -> None:
+    ring = make_ring(4096, kind="named")
+    ring.send(b"zero")
+    assert ring.recv_bytes() == b"zero"
+    ring._words[L.W_RECORDS_WRITTEN] += 1  # counted, never published, writer gone:
+    ring._region.unlock(L.LOCK_ROLE_WRITER)
+    ring._writer_role = False
+    with mmipc.Ring.attach(ring.name) as writer:
+        writer.send(b"from the next writer")  # claiming the role moves writer_epoch
+    assert ring.recv_bytes() == b"from the next writer"

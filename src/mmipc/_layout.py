@@ -62,6 +62,9 @@ Ring lock block at 768, written by whoever holds (or recovers) the writer semaph
     784 lock_suspect       1 after a dead slot was reclaimed that was at the writer lock with no
                            owner recorded (it may have died holding it); cleared once the lock is
                            seen moving
+    792 writer_epoch       +1 whenever writing passes to another writer after one died or left
+                           (a single writer's role claimed, a dead holder's lock recovered): a
+                           gap in sequence numbers is legitimate only across such a change
 
 Participant table at ``HEADER_SIZE``: ``max_participants`` slots of ``SLOT_SIZE`` bytes:
 
@@ -152,6 +155,7 @@ W_CONSUMER_PID = 680 // 8
 W_LOCK_OWNER = 768 // 8
 W_RECOVERIES = 776 // 8
 W_LOCK_SUSPECT = 784 // 8
+W_WRITER_EPOCH = 792 // 8
 
 # Participant slots
 SLOT_SIZE = 128

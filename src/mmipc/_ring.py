@@ -234,6 +234,7 @@ class Ring:
         self._last_pos = 0
         self._last_seq = -1
         self._next_seq = -1  # sequence the next data record must carry (-1: not known yet)
+        self._writer_epoch = 0  # writer_epoch when _next_seq was last confirmed
         self._at_group_start = True
         self._have_token = False
         self._outstanding: deque[list[Any]] = deque()
@@ -580,9 +581,11 @@ class Ring:
             assert mm is not None and words is not None
             _RECORD.pack_into(mm, base, n, _DATA, _FIRST_LAST, pos, words[L.W_RECORDS_WRITTEN], 0)
             mm[base + 32 : base + 32 + n] = data
-            words[L.W_TAIL] = pos + size
+            # Counters first, then the publishing store: a writer killed in between leaves a
+            # gap in sequence numbers (allowed across a writer change), never a duplicate.
             words[L.W_RECORDS_WRITTEN] += 1
             words[L.W_BYTES_WRITTEN] += n
+            words[L.W_TAIL] = pos + size
             self._sem_data.release()  # type: ignore[union-attr]
         finally:
             if self._multi_writer:
@@ -654,9 +657,9 @@ class Ring:
     def _publish(self, end: int, records: int, nbytes: int) -> None:
         words = self._words
         assert words is not None
-        words[L.W_TAIL] = end  # the single store that makes the group visible
-        words[L.W_RECORDS_WRITTEN] += records
+        words[L.W_RECORDS_WRITTEN] += records  # counters before the publish (see _send)
         words[L.W_BYTES_WRITTEN] += nbytes
+        words[L.W_TAIL] = end  # the single store that makes the group visible
         self._sem_data.release()  # type: ignore[union-attr]
 
     def end_stream(self, timeout: float | None = None) -> None:
@@ -717,6 +720,7 @@ class Ring:
                 "writer; create it with multi_writer=True for several producers"
             )
         words[L.W_WRITER_PID] = os.getpid()
+        words[L.W_WRITER_EPOCH] += 1  # the role holder writes this word only while holding it
         self._writer_role = True
         slot = self._ensure_slot()
         roles = self._participants.get_field(slot, L.S_ROLES)
@@ -802,6 +806,7 @@ class Ring:
                 try:
                     if words[L.W_LOCK_OWNER] == 0 and self._sem_lock.value == 0:
                         words[L.W_RECOVERIES] += 1
+                        words[L.W_WRITER_EPOCH] += 1
                         self._sem_lock.release()
                 finally:
                     participants.release(p.slot)
@@ -814,6 +819,7 @@ class Ring:
                 if words[L.W_LOCK_SUSPECT] and words[L.W_LOCK_OWNER] == 0 and self._sem_lock.value == 0:
                     words[L.W_LOCK_SUSPECT] = 0
                     words[L.W_RECOVERIES] += 1
+                    words[L.W_WRITER_EPOCH] += 1
                     self._sem_lock.release()
             self._unknown_owner_since = None
 
@@ -826,6 +832,7 @@ class Ring:
             # It died holding the writer lock, before publishing: nothing it wrote is visible.
             words[L.W_LOCK_OWNER] = 0
             words[L.W_RECOVERIES] += 1
+            words[L.W_WRITER_EPOCH] += 1
             assert self._sem_lock is not None
             self._sem_lock.release()
         elif self._multi_writer and not owner and self._participants.get_field(slot, L.S_LOCK_STATE) == 1:
@@ -995,7 +1002,7 @@ class Ring:
                     break
             at_start = bool(flags & L.FLAG_LAST)
             if rtype == _DATA:
-                if seq != self._next_seq:
+                if seq != self._next_seq and not self._sequence_gap_ok(seq):
                     self._read_pos = pos
                     self._done(consumed)
                     raise self._bad_sequence(pos, seq)
@@ -1046,6 +1053,7 @@ class Ring:
         else:
             self._at_group_start = True
         self._next_seq = -1
+        self._writer_epoch = words[L.W_WRITER_EPOCH]
         # A consumer that died left its count of pinned records behind: they are ours now.
         words[L.W_PINNED] = 0
         self._pinned_reported = 0
@@ -1099,6 +1107,20 @@ class Ring:
             )
         return length, rtype, flags, size, seq
 
+    def _sequence_gap_ok(self, seq: int) -> bool:
+        """A data record skips sequence numbers: legitimate only after the writer changed.
+
+        A writer killed between counting a record and publishing it leaves a gap; the next
+        writer got the role or lock through a change of ``writer_epoch``.
+        """
+        words = self._words
+        assert words is not None
+        epoch = words[L.W_WRITER_EPOCH]
+        if seq > self._next_seq and epoch != self._writer_epoch:
+            self._writer_epoch = epoch
+            return True
+        return False
+
     def _bad_sequence(self, pos: int, seq: int) -> CorruptionError:
         return CorruptionError(
             f"ring {self.name!r}: record at position {pos} has sequence number {seq}, expected "
@@ -1133,7 +1155,7 @@ class Ring:
                 self._have_token = False
                 length, rtype, flags, size, seq = self._read_header(pos, tail)
                 if rtype == _DATA:
-                    if seq != self._next_seq and self._next_seq >= 0:
+                    if seq != self._next_seq and self._next_seq >= 0 and not self._sequence_gap_ok(seq):
                         raise self._bad_sequence(pos, seq)
                     self._last_seq = seq
                     self._next_seq = seq + 1
