@@ -69,6 +69,7 @@ _PADDING = L.REC_PADDING
 _END = L.REC_END
 _FIRST_LAST = L.FLAG_FIRST | L.FLAG_LAST
 _FIRST = L.FLAG_FIRST
+_LAST = L.FLAG_LAST
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class Ring:
         self._sem_lock: Semaphore | None = None
         # producer state
         self._writer_role = False
+        self._lock_owner_value = 0  # (slot + 1) | generation << 16 once this handle took the lock
         self._head_cache = 0
         self._unknown_owner_since: float | None = None
         # consumer state
@@ -505,6 +507,7 @@ class Ring:
         # the parent's last close does not remove semaphores this child still uses.
         self._participants.forget_after_fork()
         self._slot = None
+        self._lock_owner_value = 0
         self._writer_role = self._consumer_role = False
         self._outstanding = deque()
         self._have_token = False
@@ -557,6 +560,31 @@ class Ring:
         :class:`WaitTimeout`, :class:`RecordTooLarge`, :class:`EndOfStream` once the stream was
         ended, :class:`ClosedError`.
         """
+        if self._writer_role:
+            # Fast path: the single writer already holds its role, and the record fits without
+            # padding or waiting. Anything else goes through _send (same steps, all checks).
+            words = self._words
+            n = len(data) if type(data) is bytes else memoryview(data).nbytes
+            size = (n + 63) & ~31  # record_size(n)
+            pos = words[L.W_TAIL]  # type: ignore[index]
+            cap = self._capacity
+            off = pos % cap
+            if (
+                n <= self._max_record
+                and off + size <= cap
+                and pos + size - self._head_cache <= cap
+                and not words[L.W_END_OF_STREAM]  # type: ignore[index]
+            ):
+                base = self._data_offset + off
+                mm = self._mm
+                seq = words[L.W_RECORDS_WRITTEN]  # type: ignore[index]
+                _RECORD.pack_into(mm, base, n, _DATA, _FIRST_LAST, pos, seq, 0)  # type: ignore[arg-type]
+                mm[base + 32 : base + 32 + n] = data  # type: ignore[index]
+                words[L.W_RECORDS_WRITTEN] = seq + 1  # type: ignore[index]
+                words[L.W_BYTES_WRITTEN] += n  # type: ignore[index]
+                words[L.W_TAIL] = pos + size  # type: ignore[index]
+                self._sem_data.release()  # type: ignore[union-attr]
+                return
         self._send(data, timeout, False)
 
     def send_nowait(self, data: Any) -> None:
@@ -709,7 +737,7 @@ class Ring:
             assert words is not None and self._sem_lock is not None and self._slot is not None
             words[L.W_LOCK_OWNER] = 0
             self._sem_lock.release()
-            self._participants.set_field(self._slot, L.S_LOCK_STATE, 0)
+            words[L.slot_word(self._slot, L.S_LOCK_STATE)] = 0
 
     def _claim_writer(self) -> None:
         words = self._words
@@ -728,7 +756,16 @@ class Ring:
 
     def _lock_writer(self, timeout: float | None, nowait: bool) -> None:
         sem = self._sem_lock
-        assert sem is not None
+        words = self._words
+        assert sem is not None and words is not None
+        slot = self._slot
+        if slot is not None and self._lock_owner_value:
+            # Fast path: slot and role already set up. lock_state = 1 *before* the acquire, so
+            # that dying between the acquire and the owner store stays recoverable.
+            words[L.slot_word(slot, L.S_LOCK_STATE)] = 1
+            if sem.try_acquire():
+                words[L.W_LOCK_OWNER] = self._lock_owner_value
+                return
         slot = self._ensure_slot()
         participants = self._participants
         participants.set_field(slot, L.S_LOCK_STATE, 1)
@@ -753,8 +790,8 @@ class Ring:
                     break
                 self._check_lock_holder()
         self._unknown_owner_since = None
-        assert self._words is not None
-        self._words[L.W_LOCK_OWNER] = participants.generation(slot) << 16 | (slot + 1)
+        self._lock_owner_value = participants.generation(slot) << 16 | (slot + 1)
+        words[L.W_LOCK_OWNER] = self._lock_owner_value
         if not participants.get_field(slot, L.S_ROLES) & L.ROLE_WRITER:
             participants.set_field(slot, L.S_ROLES, participants.get_field(slot, L.S_ROLES) | L.ROLE_WRITER)
 
@@ -931,6 +968,44 @@ class Ring:
 
     def recv_bytes(self, timeout: float | None = None) -> bytes:
         """Receive the next record as ``bytes`` (one copy) and release it at once."""
+        if self._consumer_role and not self._outstanding:
+            # Fast path: a data record is ready and passes every check of _read_header and
+            # _take; anything else (waiting, padding, end of stream, errors) takes _take.
+            words = self._words
+            pos = self._read_pos
+            tail = words[L.W_TAIL]  # type: ignore[index]
+            if 0 < tail - pos <= self._capacity and (
+                self._have_token or not self._at_group_start or self._sem_data.try_acquire()  # type: ignore[union-attr]
+            ):
+                self._have_token = False
+                cap = self._capacity
+                off = pos % cap
+                base = self._data_offset + off
+                mm = self._mm
+                length, rtype, flags, rpos, seq, _user = _RECORD.unpack_from(mm, base)  # type: ignore[arg-type]
+                size = (length + 63) & ~31
+                end = pos + size
+                if (
+                    rtype == _DATA
+                    and rpos == pos
+                    and seq == self._next_seq
+                    and length <= self._max_record
+                    and off + size <= cap
+                    and end <= tail
+                ):
+                    self._at_group_start = bool(flags & _LAST)
+                    self._last_pos = pos
+                    self._last_seq = seq
+                    self._next_seq = seq + 1
+                    self._read_pos = end
+                    words[L.W_RECORDS_READ] += 1  # type: ignore[index]
+                    words[L.W_BYTES_READ] += length  # type: ignore[index]
+                    data = mm[base + 32 : base + 32 + length]  # type: ignore[index]
+                    words[L.W_HEAD] = end  # type: ignore[index]
+                    if words[L.W_PRODUCER_WAITING]:  # type: ignore[index]
+                        self._set_head(end)  # posts the space semaphore
+                    return data
+                self._have_token = self._at_group_start  # the count taken above stays ours
         end, start, length = self._take(timeout, False)
         data = self._mm[start : start + length]  # type: ignore[index]
         self._done(end)
@@ -963,7 +1038,9 @@ class Ring:
 
         Returns at least one record (or raises :class:`WaitTimeout` / :class:`EndOfStream`).
         Records after the first are read in a tight loop: one semaphore count per published
-        group (a ``send_many`` batch is one group), one head store and one stats update per call.
+        group (a ``send_many`` batch is one group) and one stats update per call. Space is
+        released every eighth of the capacity, so a producer waiting for room goes on while a
+        long batch is still being copied.
         """
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
@@ -977,6 +1054,10 @@ class Ring:
         at_start = self._at_group_start
         tail = words[L.W_TAIL]
         records = nbytes = 0
+        # Release space as we go (not only at the end) unless views pin earlier records.
+        release_step = cap >> 3 if not self._outstanding else 1 << 62
+        released = consumed
+        self._done(consumed)
         while len(out) < max_records:
             if pos >= tail:
                 tail = words[L.W_TAIL]
@@ -1012,6 +1093,9 @@ class Ring:
                 records += 1
                 nbytes += length
             pos = consumed = pos + size
+            if consumed - released >= release_step:
+                released = consumed
+                self._set_head(consumed)
         self._at_group_start = at_start
         self._read_pos = pos
         if records:
