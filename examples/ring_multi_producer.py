@@ -31,7 +31,9 @@ def main() -> None:
             last[producer_id] = seq
         for p in procs:
             p.join(timeout=60)
-        print(f"received {PRODUCERS * PER_PRODUCER} records from {PRODUCERS} producers, in order per producer")
+        print(
+            f"received {PRODUCERS * PER_PRODUCER} records from {PRODUCERS} producers, in order per producer"
+        )
 
 
 if __name__ == "__main__":

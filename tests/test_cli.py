@@ -114,8 +114,8 @@ def test_gc_removes_only_dead_regions() -> None:
     live = f"test-gc-live-{uuid.uuid4().hex[:8]}"
     # A region whose every participant died: created by a child that is then SIGKILLed.
     code = (
-        "import mmipc, os, signal; r = mmipc.Ring.create(4096, name=%r); r.send(b'x'); "
-        "os.kill(os.getpid(), signal.SIGKILL)" % dead
+        f"import mmipc, os, signal; r = mmipc.Ring.create(4096, name={dead!r}); r.send(b'x'); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
     )
     subprocess.run([sys.executable, "-c", code], timeout=60)
     with mmipc.Ring.create(4096, name=live) as live_ring:

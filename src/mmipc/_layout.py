@@ -65,6 +65,9 @@ Ring lock block at 768, written by whoever holds (or recovers) the writer semaph
     792 writer_epoch       +1 whenever writing passes to another writer after one died or left
                            (a single writer's role claimed, a dead holder's lock recovered): a
                            gap in sequence numbers is legitimate only across such a change
+    800 lock_grants        +1 by every holder right after taking the writer semaphore, and by a
+                           recovery: "no grant for 0.5 s" is how waiters tell a lost lock from a
+                           busy one
 
 Participant table at ``HEADER_SIZE``: ``max_participants`` slots of ``SLOT_SIZE`` bytes:
 
@@ -156,6 +159,7 @@ W_LOCK_OWNER = 768 // 8
 W_RECOVERIES = 776 // 8
 W_LOCK_SUSPECT = 784 // 8
 W_WRITER_EPOCH = 792 // 8
+W_LOCK_GRANTS = 800 // 8
 
 # Participant slots
 SLOT_SIZE = 128

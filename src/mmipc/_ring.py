@@ -251,6 +251,7 @@ class Ring:
         # producer state
         self._writer_role = False
         self._lock_owner_value = 0  # (slot + 1) | generation << 16 once this handle took the lock
+        self._stale_grants = 0  # lock_grants when this waiter started suspecting a lost lock
         self._head_cache = 0
         self._unknown_owner_since: float | None = None
         # consumer state
@@ -787,6 +788,7 @@ class Ring:
             # that dying between the acquire and the owner store stays recoverable.
             words[L.slot_word(slot, L.S_LOCK_STATE)] = 1
             if sem.try_acquire():
+                words[L.W_LOCK_GRANTS] += 1
                 words[L.W_LOCK_OWNER] = self._lock_owner_value
                 return
         slot = self._ensure_slot()
@@ -813,6 +815,7 @@ class Ring:
                     break
                 self._check_lock_holder()
         self._unknown_owner_since = None
+        words[L.W_LOCK_GRANTS] += 1
         self._lock_owner_value = participants.generation(slot) << 16 | (slot + 1)
         words[L.W_LOCK_OWNER] = self._lock_owner_value
         if not participants.get_field(slot, L.S_ROLES) & L.ROLE_WRITER:
@@ -846,42 +849,50 @@ class Ring:
                         participants.release(slot)
             return
         # Held with no owner recorded: normal for microseconds (between the holder's acquire and
-        # its store). If it lasts, a waiter died between acquire and store, or a holder between
-        # clearing the owner and posting: look for a dead slot that was at the lock.
-        if self._sem_lock.value > 0:
+        # its store). If it lasts, a writer died between acquire and store, or between clearing
+        # the owner and posting. "Lasts" means: no grant of the lock (``lock_grants``, bumped by
+        # every holder right after its acquire) for LOCK_STALE_AFTER, then a dead slot that was
+        # at the lock (or the suspect mark it left). The decision is re-checked and taken under
+        # the attach lock, and the recovery bumps ``lock_grants``, so of several waiters that
+        # timed out together exactly one posts (two posts would admit two writers).
+        sem = self._sem_lock
+        if sem.value > 0:
             self._unknown_owner_since = None
             if words[L.W_LOCK_SUSPECT]:
                 words[L.W_LOCK_SUSPECT] = 0
             return
         now = time.monotonic()
-        if self._unknown_owner_since is None:
+        grants = words[L.W_LOCK_GRANTS]
+        if self._unknown_owner_since is None or grants != self._stale_grants:
             self._unknown_owner_since = now
+            self._stale_grants = grants
             return
         if now - self._unknown_owner_since < LOCK_STALE_AFTER:
             return
-        for p in participants.table():
-            if p.alive or participants.get_field(p.slot, L.S_LOCK_STATE) != 1:
-                continue
-            if participants.take_dead(p.slot):
-                try:
-                    if words[L.W_LOCK_OWNER] == 0 and self._sem_lock.value == 0:
-                        words[L.W_RECOVERIES] += 1
-                        words[L.W_WRITER_EPOCH] += 1
-                        self._sem_lock.release()
-                finally:
-                    participants.release(p.slot)
-                self._unknown_owner_since = None
+        self._unknown_owner_since = None
+        with participants.attach_lock():
+            if words[L.W_LOCK_GRANTS] != grants or words[L.W_LOCK_OWNER] != 0 or sem.value != 0:
+                return  # the lock moved meanwhile, or another waiter recovered it
+            dead_slot = None
+            for p in participants.table():
+                if (
+                    not p.alive
+                    and participants.get_field(p.slot, L.S_LOCK_STATE) == 1
+                    and participants.take_dead(p.slot)
+                ):
+                    dead_slot = p.slot
+                    break
+            if dead_slot is None and not words[L.W_LOCK_SUSPECT]:
                 return
-        if words[L.W_LOCK_SUSPECT]:
-            # The dead slot was already reclaimed by a newcomer (see _cleanup_dead_slot), which
-            # left this mark. Recover under the attach lock so that only one waiter posts.
-            with participants.attach_lock():
-                if words[L.W_LOCK_SUSPECT] and words[L.W_LOCK_OWNER] == 0 and self._sem_lock.value == 0:
-                    words[L.W_LOCK_SUSPECT] = 0
-                    words[L.W_RECOVERIES] += 1
-                    words[L.W_WRITER_EPOCH] += 1
-                    self._sem_lock.release()
-            self._unknown_owner_since = None
+            try:
+                words[L.W_LOCK_SUSPECT] = 0
+                words[L.W_LOCK_GRANTS] = grants + 1
+                words[L.W_RECOVERIES] += 1
+                words[L.W_WRITER_EPOCH] += 1
+                sem.release()
+            finally:
+                if dead_slot is not None:
+                    participants.release(dead_slot)
 
     def _cleanup_dead_slot(self, slot: int) -> None:
         """Run by whoever won a dead participant's slot lock."""

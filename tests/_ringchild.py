@@ -1,0 +1,313 @@
+"""Self-validating record streams and child-process bodies for the Ring crash and stress tests.
+
+Module level so that ``spawn`` and ``forkserver`` children can import them.
+
+Every record is a pure function of ``(producer, seq)`` and the ring's ``max_size``: its length
+(0 bytes up to ``max_size``) and its bytes. Records of :data:`HEADER_SIZE` bytes or more start
+with ``producer, seq, length, crc32(body)``; only producer 0 ever sends shorter records (0..15
+bytes), so every record can still be attributed: a short record must be producer 0's next one.
+:class:`StreamChecker` recomputes each expected record and compares it byte for byte, which
+catches corruption, loss, duplication and reordering within a producer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import struct
+import time
+import zlib
+from typing import Any
+
+import mmipc
+
+HEADER = struct.Struct("<IIII")  # producer, seq, total length, crc32 of the body
+HEADER_SIZE = HEADER.size
+SEND_TIMEOUT = 30.0  # children never wait forever, even if the test process died
+
+
+def record_length(producer: int, seq: int, max_size: int) -> int:
+    """The length of record ``seq`` of ``producer``: small, medium or near ``max_size``."""
+    digest = hashlib.blake2b(f"len/{producer}/{seq}".encode(), digest_size=8).digest()
+    kind = digest[0]
+    x = int.from_bytes(digest[1:8], "little")
+    if kind < 16:
+        length = 0
+    elif kind < 90:
+        length = x % 65  # 0..64: many tiny records, several per 32-byte slot boundary
+    elif kind < 190:
+        length = x % (max_size // 8 + 1)
+    else:
+        length = max_size - x % (max_size // 4 + 1)  # near max_record: wraps and padding
+    if producer != 0:
+        length = max(length, HEADER_SIZE)
+    return min(length, max_size)
+
+
+def make_record(producer: int, seq: int, max_size: int) -> bytes:
+    """The bytes of record ``seq`` of ``producer`` (deterministic)."""
+    length = record_length(producer, seq, max_size)
+    rng = random.Random(producer * 1_000_003 + seq)
+    if length < HEADER_SIZE:
+        return rng.randbytes(length)
+    body = rng.randbytes(length - HEADER_SIZE)
+    return HEADER.pack(producer, seq, length, zlib.crc32(body)) + body
+
+
+class StreamChecker:
+    """Checks records from many producers: exact bytes, per-producer order, no loss, no dups."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.next_seq: dict[int, int] = {}
+        self.total = 0
+
+    def add(self, data: Any) -> tuple[int, int]:
+        """Check one received record; return its (producer, seq)."""
+        data = bytes(data)
+        if len(data) < HEADER_SIZE:
+            producer = 0
+            seq = self.next_seq.get(0, 0)
+        else:
+            producer, seq, length, crc = HEADER.unpack_from(data)
+            assert length == len(data), f"record of {len(data)} bytes says length {length}"
+            assert crc == zlib.crc32(data[HEADER_SIZE:]), f"checksum mismatch in record {producer}/{seq}"
+        expected_seq = self.next_seq.get(producer, 0)
+        assert seq == expected_seq, (
+            f"producer {producer}: got seq {seq}, expected {expected_seq} "
+            f"({'duplicate' if seq < expected_seq else 'gap'})"
+        )
+        expected = make_record(producer, seq, self.max_size)
+        assert data == expected, (
+            f"record {producer}/{seq}: {len(data)} bytes differ from the expected {len(expected)}"
+        )
+        self.next_seq[producer] = seq + 1
+        self.total += 1
+        return producer, seq
+
+    def count(self, producer: int) -> int:
+        return self.next_seq.get(producer, 0)
+
+
+# -- producers --------------------------------------------------------------------------------
+
+
+def _send_mixed(
+    ring: mmipc.Ring, producer: int, seq: int, count: int | None, rng: random.Random, max_size: int
+) -> int:
+    """Send one step (one record or a batch) with a randomly chosen API; return the next seq."""
+    how = rng.random()
+    if how < 0.35:
+        record = make_record(producer, seq, max_size)
+        with ring.reserve(len(record), timeout=SEND_TIMEOUT) as buf:
+            half = len(record) // 2
+            buf[:half] = record[:half]  # written in two steps: a kill may land in between
+            buf[half:] = record[half:]
+        return seq + 1
+    if how < 0.7:
+        batch = rng.randint(1, 6)
+        if count is not None:
+            batch = min(batch, count - seq)
+        ring.send_many(
+            [make_record(producer, s, max_size) for s in range(seq, seq + batch)], timeout=SEND_TIMEOUT
+        )
+        return seq + batch
+    ring.send(make_record(producer, seq, max_size), timeout=SEND_TIMEOUT)
+    return seq + 1
+
+
+def produce_stream(
+    ring: mmipc.Ring,
+    producer: int,
+    count: int | None,
+    mode: str,
+    seed: int,
+    ready: Any = None,
+    max_size: int | None = None,
+) -> None:
+    """Send records 0..count-1 of ``producer`` (forever if ``count`` is None), then close.
+
+    ``mode``: ``"send"`` (one ``send`` per record) or ``"mixed"`` (``reserve``, ``send_many``
+    batches and ``send`` at random). ``ready`` (an Event) is set before the first record.
+    ``max_size`` bounds the record lengths (default: the ring's ``max_record``).
+    """
+    rng = random.Random(seed)
+    if max_size is None:
+        max_size = ring.max_record
+    with ring:
+        if ready is not None:
+            ready.set()
+        seq = 0
+        while count is None or seq < count:
+            if mode == "send":
+                ring.send(make_record(producer, seq, max_size), timeout=SEND_TIMEOUT)
+                seq += 1
+            else:
+                seq = _send_mixed(ring, producer, seq, count, rng, max_size)
+
+
+def hold_reservation(ring: mmipc.Ring, records: list[bytes], nbytes: int, held: Any) -> None:
+    """Send ``records``, then write garbage into a reservation and wait to be killed."""
+    for record in records:
+        ring.send(record, timeout=SEND_TIMEOUT)
+    with ring.reserve(nbytes, timeout=SEND_TIMEOUT) as buf:
+        buf[:] = b"X" * nbytes
+        held.set()
+        time.sleep(120)  # killed here, inside the reservation (holding the writer lock)
+    raise AssertionError("hold_reservation was not killed")
+
+
+def hold_lock_unrecorded(ring: mmipc.Ring, held: Any) -> None:
+    """Take the writer semaphore the way ``_lock_writer`` does, stop before recording the owner.
+
+    Reproduces, deterministically, a writer killed between its semaphore acquire and its
+    ``lock_owner`` store (or between clearing ``lock_owner`` and posting in ``_writer_exit``):
+    the slot says "at the lock" (``S_LOCK_STATE`` 1), the semaphore is taken, no owner is known.
+    """
+    from mmipc import _layout as L
+
+    slot = ring._ensure_slot()
+    ring._participants.set_field(slot, L.S_LOCK_STATE, 1)
+    assert ring._sem_lock is not None and ring._sem_lock.try_acquire()
+    held.set()
+    time.sleep(120)
+    raise AssertionError("hold_lock_unrecorded was not killed")
+
+
+def mark_waiting_at_lock(ring: mmipc.Ring, ready: Any) -> None:
+    """Stand at the writer lock like a waiter in ``_lock_writer`` (``S_LOCK_STATE`` 1), then wait to be killed."""
+    from mmipc import _layout as L
+
+    slot = ring._ensure_slot()
+    ring._participants.set_field(slot, L.S_LOCK_STATE, 1)
+    ready.set()
+    time.sleep(120)
+    raise AssertionError("mark_waiting_at_lock was not killed")
+
+
+# -- consumers --------------------------------------------------------------------------------
+
+MSG = struct.Struct("<cQ")  # b"G" (received, view held) or b"R" (released), seq
+MSG_GOT = b"G"
+MSG_RELEASED = b"R"
+
+
+def consume_and_report(ring: mmipc.Ring, conn: Any, seed: int) -> None:
+    """Receive (views) until killed or end of stream, reporting each seq before and after release.
+
+    Each record is ``seq`` as 8 bytes plus filler. A ``G`` message is written while the view is
+    held, an ``R`` message after the ``with`` block released it: both are single small pipe
+    writes, so a SIGKILL leaves each message either fully written or absent.
+    """
+    rng = random.Random(seed)
+    fd = conn.fileno()
+    with ring:
+        while True:
+            try:
+                with ring.recv(timeout=SEND_TIMEOUT) as view:
+                    seq = int.from_bytes(view[:8], "little")
+                    if bytes(view[8:]) != filler(seq):
+                        raise AssertionError(f"record {seq} is corrupt")
+                    os.write(fd, MSG.pack(MSG_GOT, seq))
+                    if rng.random() < 0.2:
+                        time.sleep(rng.random() * 0.002)  # hold the view a little
+                os.write(fd, MSG.pack(MSG_RELEASED, seq))
+            except mmipc.EndOfStream:
+                return
+
+
+def consume_and_hold(ring: mmipc.Ring, conn: Any, released: int, pin: bool) -> None:
+    """Receive and release ``released`` records, then take one more and wait to be killed.
+
+    With ``pin`` the last record's block exits but a slice of its view stays referenced (the
+    record stays pinned); otherwise the process sleeps inside the ``with`` block.
+    """
+    fd = conn.fileno()
+    for _ in range(released):
+        with ring.recv(timeout=SEND_TIMEOUT) as view:
+            seq = int.from_bytes(view[:8], "little")
+        os.write(fd, MSG.pack(MSG_RELEASED, seq))
+    if pin:
+        with ring.recv(timeout=SEND_TIMEOUT) as view:
+            kept = view[:8]
+        os.write(fd, MSG.pack(MSG_GOT, int.from_bytes(kept, "little")))
+        time.sleep(120)
+    else:
+        with ring.recv(timeout=SEND_TIMEOUT) as view:
+            os.write(fd, MSG.pack(MSG_GOT, int.from_bytes(view[:8], "little")))
+            time.sleep(120)
+    raise AssertionError("consume_and_hold was not killed")
+
+
+def filler(seq: int) -> bytes:
+    return bytes([seq % 251]) * (seq % 97)
+
+
+def numbered(seq: int) -> bytes:
+    """Record ``seq`` of a simple numbered stream (8-byte seq + filler)."""
+    return seq.to_bytes(8, "little") + filler(seq)
+
+
+def produce_numbered(ring: mmipc.Ring, start: int, count: int, end: bool, batch: int = 1) -> None:
+    """Send numbered records ``start..start+count-1`` (then end the stream if ``end``).
+
+    ``batch`` > 1: ``send_many`` batches of 1..``batch`` records (multi-record groups).
+    """
+    rng = random.Random(start)
+    with ring:
+        seq = start
+        while seq < start + count:
+            n = min(rng.randint(1, batch), start + count - seq)
+            if n == 1:
+                ring.send(numbered(seq), timeout=SEND_TIMEOUT)
+            else:
+                ring.send_many([numbered(s) for s in range(seq, seq + n)], timeout=SEND_TIMEOUT)
+            seq += n
+        if end:
+            ring.end_stream(timeout=SEND_TIMEOUT)
+
+
+# -- helpers for the test process ---------------------------------------------------------------
+
+
+class Reports:
+    """The ``MSG`` reports a child writes to a pipe, read without blocking (or to EOF)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.data = b""
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[bytes, int]]:
+        """Read what is available (waiting up to ``timeout`` for something); return all so far."""
+        if self.conn.poll(timeout):
+            self.data += os.read(self.conn.fileno(), 65536)
+        return self.messages()
+
+    def read_to_eof(self) -> list[tuple[bytes, int]]:
+        """Read until every writer is gone (the child is dead); return every report."""
+        while True:
+            chunk = os.read(self.conn.fileno(), 65536)
+            if not chunk:
+                break
+            self.data += chunk
+        assert len(self.data) % MSG.size == 0, "a report was torn (pipe writes of 9 bytes are atomic)"
+        return self.messages()
+
+    def messages(self) -> list[tuple[bytes, int]]:
+        whole = len(self.data) - len(self.data) % MSG.size
+        return [MSG.unpack_from(self.data, i) for i in range(0, whole, MSG.size)]
+
+
+def kill_and_join(*procs: Any) -> None:
+    """SIGKILL (if still running) and reap every process."""
+    for proc in procs:
+        if proc.pid is not None and proc.exitcode is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for proc in procs:
+        if proc.pid is not None:
+            proc.join(30)
