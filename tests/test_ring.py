@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import threading
@@ -438,7 +439,7 @@ def test_send_many_larger_than_the_ring_waits_for_a_consumer(make_ring) -> None:
 
 def test_send_many_timeout_reports_progress(make_ring) -> None:
     ring = make_ring(1024)
-    with pytest.raises(mmipc.WaitTimeout, match=r"sent \d+ of 50 records"):
+    with pytest.raises(mmipc.WaitTimeout, match=r"sent \d+ of 50 items"):
         ring.send_many([b"x" * 100] * 50, timeout=0.05)
     sent = ring.stats().records_written
     assert 0 < sent < 50
@@ -554,7 +555,7 @@ def test_repr_and_stats(make_ring) -> None:
     assert stats == mmipc.RingStats(
         name=ring.name,
         capacity=1 << 20,
-        used_bytes=64,
+        used_bytes=96,  # one batch record (46 bytes) holds both items until both are read
         records_written=2,
         bytes_written=30,
         records_read=1,
@@ -716,3 +717,93 @@ def test_a_new_writer_after_a_lost_record_is_accepted(make_ring) -> None:
     with mmipc.Ring.attach(ring.name) as writer:
         writer.send(b"from the next writer")  # claiming the role moves writer_epoch
     assert ring.recv_bytes() == b"from the next writer"
+
+
+# -- batch records (send_many packs small items) ------------------------------------------------
+
+
+def test_send_many_packs_small_items_into_batch_records(make_ring) -> None:
+    ring = make_ring(1 << 16)
+    items = [bytes([i % 256]) * (i % 40) for i in range(300)]
+    assert ring.send_many(items) == 300
+    base = ring._data_offset
+    first = L.RECORD.unpack_from(ring._mm, base)
+    assert first[1] == L.REC_BATCH and first[4] == 0  # type, sequence of its first item
+    count, reserved = L.BATCH_HEAD.unpack_from(ring._mm, base + 32)
+    assert 2 <= count <= 300 and reserved == 0
+    got = [ring.recv_bytes()]  # every receive call takes the items one by one
+    got += ring.recv_many(7)
+    with ring.recv() as view:
+        got.append(bytes(view))
+    buffer = bytearray(64)
+    got.append(bytes(buffer[: ring.recv_into(buffer)]))
+    while len(got) < 300:
+        got += ring.recv_many(1000)
+    assert got == items
+    stats = ring.stats()
+    assert stats.records_written == stats.records_read == 300
+    assert stats.bytes_written == stats.bytes_read == sum(map(len, items))
+    assert stats.used_bytes == 0
+
+
+def test_mixed_sizes_keep_order_across_batch_and_data_records(make_ring) -> None:
+    ring = make_ring(1 << 16)
+    items = [b"a" * 2000, b"b", b"c", b"d" * 5000, b"e", b"", b"f" * 1024, b"g" * 1025]
+    ring.send_many(items)
+    assert ring.recv_many() == items
+    ring.send_many([b"only"])  # a run of one small item is a plain data record
+    assert L.RECORD.unpack_from(ring._mm, ring._data_offset + ring._read_pos % ring.capacity)[1] == L.REC_DATA
+    assert ring.recv_bytes() == b"only"
+
+
+def test_recv_into_too_small_keeps_a_batch_item(make_ring) -> None:
+    ring = make_ring(1 << 16)
+    ring.send_many([b"x" * 10, b"y" * 20, b"z"])
+    with pytest.raises(ValueError, match="does not fit"):
+        ring.recv_into(bytearray(5))
+    assert [ring.recv_bytes() for _ in range(3)] == [b"x" * 10, b"y" * 20, b"z"]
+
+
+def test_a_pinned_batch_item_keeps_the_whole_batch_record(make_ring) -> None:
+    np = pytest.importorskip("numpy")
+    ring = make_ring(1 << 16)
+    ring.send_many([b"\x07" * 16, b"\x08" * 16])
+    with ring.recv() as view:
+        kept = np.frombuffer(view, dtype=np.uint8)
+    with ring.recv() as view:
+        assert bytes(view) == b"\x08" * 16
+    assert ring.stats().used_bytes > 0 and ring.stats().pinned_records == 1
+    assert kept.tolist() == [7] * 16
+    del kept
+    gc.collect()
+    with pytest.raises(mmipc.WouldBlock):
+        ring.recv_bytes_nowait()
+    assert ring.stats().used_bytes == 0 and ring.stats().pinned_records == 0
+
+
+def test_next_consumer_resumes_inside_a_batch_at_the_first_unreleased_item(make_ring) -> None:
+    ring = make_ring(1 << 16, kind="named")
+    ring.send_many([b"1", b"2", b"3", b"4"])
+    with mmipc.Ring.attach(ring.name) as first:
+        assert first.recv_bytes() == b"1"
+        assert first.recv_many(1) == [b"2"]  # then it leaves with 3 and 4 unread
+    assert ring._words[L.W_HEAD_SKIP_POS] == ring._words[L.W_HEAD] and ring._words[L.W_HEAD_SKIP] == 2
+    assert ring.recv_many() == [b"3", b"4"]
+    assert ring.stats().used_bytes == 0
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        ("count", lambda mm, base: L.BATCH_HEAD.pack_into(mm, base + 32, 1, 0)),
+        ("reserved", lambda mm, base: L.BATCH_HEAD.pack_into(mm, base + 32, 3, 9)),
+        ("lengths", lambda mm, base: struct.pack_into("<I", mm, base + 40, 2)),
+    ],
+    ids=lambda c: c[0],
+)
+def test_corrupt_batch_record_is_corruption_error(make_ring, corrupt) -> None:
+    ring = make_ring(1 << 16)
+    ring.send_many([b"aaaa", b"bbbb", b"cccc"])
+    corrupt[1](ring._mm, ring._data_offset)
+    with pytest.raises(mmipc.CorruptionError, match="batch record"):
+        ring.recv_bytes()

@@ -54,6 +54,9 @@ Ring consumer block at 640, written only by the consumer:
     664 consumer_waits     times the consumer waited for a record
     672 pinned_records     records released by the consumer but still referenced by views
     680 consumer_pid       pid of the consumer role holder
+    688 head_skip_pos      with head_skip: the first ``head_skip`` items of the batch record at
+    696 head_skip          position ``head_skip_pos`` are released (only meaningful while it is
+                           the record at ``head``)
 
 Ring lock block at 768, written by whoever holds (or recovers) the writer semaphore:
 
@@ -90,7 +93,8 @@ Ring record (``RECORD_HEADER_SIZE`` = 32 bytes, records start ``RECORD_ALIGN``-a
 offset  size  field     meaning
 ======  ====  ========  ===============================================================
 0       4     length    payload bytes (padding: bytes up to the end of the data area)
-4       2     type      ``REC_DATA``, ``REC_PADDING``, ``REC_END``
+4       2     type      ``REC_DATA``, ``REC_PADDING``, ``REC_END``, ``REC_BATCH`` (several
+                        small items in one record: see ``BATCH_HEAD``)
 6       2     flags     ``FLAG_FIRST`` / ``FLAG_LAST``: first / last record of a publish
 8       8     position  the record's own absolute position (detects stale headers)
 16      8     sequence  data records: 0-based sequence number; others: 0
@@ -154,6 +158,8 @@ W_BYTES_READ = 656 // 8
 W_CONSUMER_WAITS = 664 // 8
 W_PINNED = 672 // 8
 W_CONSUMER_PID = 680 // 8
+W_HEAD_SKIP_POS = 688 // 8
+W_HEAD_SKIP = 696 // 8
 # Ring lock block
 W_LOCK_OWNER = 768 // 8
 W_RECOVERIES = 776 // 8
@@ -193,7 +199,12 @@ RECORD_ALIGN = 32
 REC_DATA = 1
 REC_PADDING = 2
 REC_END = 3
-REC_TYPE_NAMES = {REC_DATA: "data", REC_PADDING: "padding", REC_END: "end-of-stream"}
+REC_BATCH = 4
+REC_TYPE_NAMES = {REC_DATA: "data", REC_PADDING: "padding", REC_END: "end-of-stream", REC_BATCH: "batch"}
+# A batch record's payload: u32 item count, u32 reserved (0), the items' u32 lengths (padded to
+# 8 bytes), then the items back to back. Its header's sequence number is its first item's; the
+# items take consecutive numbers.
+BATCH_HEAD = struct.Struct("<II")
 FLAG_FIRST = 1
 FLAG_LAST = 2
 FLAGS_OFFSET = 6  # of the u16 flags inside a record header

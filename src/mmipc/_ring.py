@@ -31,8 +31,10 @@ Protocol (DESIGN.md 6; byte layouts in ``_layout``):
 
 from __future__ import annotations
 
+import array
 import os
 import platform
+import sys
 import time
 import weakref
 from collections import deque
@@ -92,6 +94,35 @@ _PADDING = L.REC_PADDING
 _END = L.REC_END
 _FIRST_LAST = L.FLAG_FIRST | L.FLAG_LAST
 _FIRST = L.FLAG_FIRST
+_BATCH = L.REC_BATCH
+_BATCH_HEAD = L.BATCH_HEAD
+
+# send_many packs runs of items this small into batch records of at most BATCH_RECORD_MAX bytes.
+BATCH_ITEM_MAX = 1024
+BATCH_RECORD_MAX = 1 << 16
+_LITTLE = sys.byteorder == "little"
+
+
+def _batch_length(count: int, payload: int) -> int:
+    """Length of a batch record: count and reserved words, the length table (8-aligned), payloads."""
+    return 8 + ((4 * count + 7) & ~7) + payload
+
+
+def _pack_lengths(lengths: list[int]) -> bytes:
+    table = array.array("I", lengths)
+    if not _LITTLE:
+        table.byteswap()
+    return table.tobytes() + bytes(-4 * len(lengths) % 8)
+
+
+def _unpack_lengths(data: bytes) -> list[int]:
+    table = array.array("I")
+    table.frombytes(data)
+    if not _LITTLE:
+        table.byteswap()
+    return table.tolist()
+
+
 _LAST = L.FLAG_LAST
 
 
@@ -264,6 +295,10 @@ class Ring:
         self._at_group_start = True
         self._have_token = False
         self._outstanding: deque[list[Any]] = deque()
+        self._pending: deque[tuple[Any, int, int]] = deque()  # items left of a batch record
+        self._last_item: tuple[Any, int, int] | None = None
+        self._skip_pos = -1  # a batch record whose first _skip items a dead consumer released
+        self._skip = 0
         self._pinned_reported = 0
         region.fork_callbacks.append(_weak_callback(self._after_fork_in_child))
 
@@ -534,6 +569,7 @@ class Ring:
         self._lock_owner_value = 0
         self._writer_role = self._consumer_role = False
         self._outstanding = deque()
+        self._pending = deque()
         self._have_token = False
         if self._closed:
             return
@@ -646,8 +682,12 @@ class Ring:
     def send_many(self, items: Iterable[Any], timeout: float | None = None) -> int:
         """Send many bytes-like objects with one lock, one publish and one post per ring-full.
 
-        Returns the number of records sent. Every size is checked before anything is written.
-        On timeout, the records sent so far stay sent and :class:`WaitTimeout` says how many.
+        Returns the number of items sent. Every size is checked before anything is written.
+        Runs of small items (up to :data:`BATCH_ITEM_MAX` bytes) are packed into *batch
+        records* (a length table, then the payloads back to back), so that both sides pay
+        the record and semaphore costs once per batch, not per item; every receive call still
+        returns the items one by one, in order, each with its own sequence number. On timeout,
+        the items sent so far stay sent and :class:`WaitTimeout` says how many.
         """
         items = list(items)
         if not items:
@@ -664,39 +704,74 @@ class Ring:
             cap, data_offset = self._capacity, self._data_offset
             seq = words[L.W_RECORDS_WRITTEN]
             group_start = pos
-            group_records = 0
+            group_items = 0
             group_bytes = 0
             last_off = 0
             pack = _RECORD.pack_into
-            for item, n in zip(items, sizes, strict=True):
-                size = (n + 63) & ~31  # record_size(n), inlined
+            for first, count, length, payload_bytes in self._plan_records(sizes):
+                size = (length + 63) & ~31  # record_size(length), inlined
                 off = pos % cap
                 if off + size > cap or pos + size - self._head_cache > cap:
                     if pos + size - words[L.W_HEAD] > cap or off + size > cap:
-                        if group_records:
-                            self._publish_group(group_start, pos, last_off, group_records, group_bytes)
-                            sent += group_records
-                            group_records = group_bytes = 0
+                        if group_items:
+                            self._publish_group(group_start, pos, last_off, group_items, group_bytes)
+                            sent += group_items
+                            group_items = group_bytes = 0
                         try:
                             pos = self._make_room(pos, size, timeout, False)
                         except WaitTimeout as exc:
-                            raise WaitTimeout(f"{exc} (sent {sent} of {len(items)} records)") from None
+                            raise WaitTimeout(f"{exc} (sent {sent} of {len(items)} items)") from None
                         group_start = pos
                         off = pos % cap
                 base = data_offset + off
-                pack(mm, base, n, _DATA, 0 if group_records else _FIRST, pos, seq, 0)
-                mm[base + 32 : base + 32 + n] = item
+                flags = 0 if group_items else _FIRST
+                if count == 1:
+                    pack(mm, base, length, _DATA, flags, pos, seq, 0)
+                    mm[base + 32 : base + 32 + length] = items[first]
+                else:
+                    pack(mm, base, length, _BATCH, flags, pos, seq, 0)
+                    _BATCH_HEAD.pack_into(mm, base + 32, count, 0)
+                    table = _pack_lengths(sizes[first : first + count])
+                    start = base + 32 + 8
+                    mm[start : start + len(table)] = table
+                    start = base + 32 + length - payload_bytes
+                    mm[start : start + payload_bytes] = b"".join(items[first : first + count])
                 last_off = base
-                seq += 1
+                seq += count
                 pos += size
-                group_records += 1
-                group_bytes += n
-            if group_records:
-                self._publish_group(group_start, pos, last_off, group_records, group_bytes)
-                sent += group_records
+                group_items += count
+                group_bytes += payload_bytes
+            if group_items:
+                self._publish_group(group_start, pos, last_off, group_items, group_bytes)
+                sent += group_items
         finally:
             self._writer_exit()
         return sent
+
+    def _plan_records(self, sizes: list[int]) -> Iterator[tuple[int, int, int, int]]:
+        """Split items into records: (first item, item count, record length, payload bytes).
+
+        Consecutive items of at most BATCH_ITEM_MAX bytes share a batch record of at most
+        ``batch_limit`` bytes; other items (and a run of one) get a data record each.
+        """
+        batch_limit = min(BATCH_RECORD_MAX, self._max_record, self._capacity // 8)
+        i, n = 0, len(sizes)
+        while i < n:
+            size = sizes[i]
+            j = i
+            total = 0
+            if size <= BATCH_ITEM_MAX:
+                while j < n and sizes[j] <= BATCH_ITEM_MAX:
+                    if _batch_length(j + 1 - i, total + sizes[j]) > batch_limit:
+                        break
+                    total += sizes[j]
+                    j += 1
+            if j - i >= 2:
+                yield i, j - i, _batch_length(j - i, total), total
+                i = j
+            else:
+                yield i, 1, size, size
+                i += 1
 
     def _publish_group(self, start: int, end: int, last_base: int, records: int, nbytes: int) -> None:
         del start
@@ -1011,7 +1086,7 @@ class Ring:
 
     def recv_bytes(self, timeout: float | None = None) -> bytes:
         """Receive the next record as ``bytes`` (one copy) and release it at once."""
-        if self._consumer_role and not self._outstanding:
+        if self._consumer_role and not self._outstanding and not self._pending:
             # Fast path: a data record is ready and passes every check of _read_header and
             # _take; anything else (waiting, padding, end of stream, errors) takes _take.
             words = self._words
@@ -1091,12 +1166,24 @@ class Ring:
         mm, words, sem = self._mm, self._words, self._sem_data
         assert mm is not None and words is not None and sem is not None
         out = [mm[start : start + length]]
+        records = nbytes = 0
+        pending = self._pending
+        while pending and len(out) < max_records:  # the rest of a batch record
+            end, start, length = pending.popleft()
+            out.append(mm[start : start + length])
+            records += 1
+            nbytes += length
+        if pending:
+            words[L.W_RECORDS_READ] += records
+            words[L.W_BYTES_READ] += nbytes
+            self._done(end)
+            return out
         cap, data_offset, max_record = self._capacity, self._data_offset, self._max_record
         unpack = _RECORD.unpack_from
-        pos = consumed = end
+        partial = None  # release marker of the items taken from a batch record left unfinished
+        pos = consumed = end  # == self._read_pos: the last record taken is complete
         at_start = self._at_group_start
         tail = words[L.W_TAIL]
-        records = nbytes = 0
         # Release space as we go (not only at the end) unless views pin earlier records.
         release_step = cap >> 3 if not self._outstanding else 1 << 62
         released = consumed
@@ -1135,6 +1222,26 @@ class Ring:
                 out.append(mm[base : base + length])
                 records += 1
                 nbytes += length
+            elif rtype == _BATCH:
+                try:
+                    items = self._expand_batch(pos, length, seq, size)
+                except CorruptionError:
+                    self._read_pos = pos
+                    self._done(consumed)
+                    raise
+                room = max_records - len(out)
+                first, last = items[0][1], items[-1][1] + items[-1][2]
+                blob = mm[first:last]  # one copy, then slices of it
+                for _end, start, n in items[:room]:
+                    start -= first
+                    out.append(blob[start : start + n])
+                    records += 1
+                    nbytes += n
+                if room < len(items):  # the rest waits in _pending; the record stays unreleased
+                    pending.extend(items[room:])
+                    partial = items[room - 1][0] if room else None
+                    pos += size
+                    break
             pos = consumed = pos + size
             if consumed - released >= release_step:
                 released = consumed
@@ -1145,6 +1252,8 @@ class Ring:
             words[L.W_RECORDS_READ] += records
             words[L.W_BYTES_READ] += nbytes
         self._done(consumed)
+        if partial is not None:
+            self._done(partial)
         return out
 
     def __iter__(self) -> Iterator[bytes]:
@@ -1174,6 +1283,10 @@ class Ring:
         self._read_pos = head
         self._have_token = False
         self._outstanding = deque()
+        self._pending = deque()
+        self._skip_pos, self._skip = words[L.W_HEAD_SKIP_POS], words[L.W_HEAD_SKIP]
+        if self._skip_pos != head:
+            self._skip_pos = -1
         if head < tail:
             # A previous consumer may have died inside a group (its count already taken).
             self._at_group_start = bool(self._read_header(head, tail)[2] & L.FLAG_FIRST)
@@ -1204,7 +1317,7 @@ class Ring:
             raise CorruptionError(
                 f"ring {self.name!r}: record header at offset {off} says position {rpos}, expected {pos}"
             )
-        if rtype == _DATA:
+        if rtype in (_DATA, _BATCH):
             size = (length + 63) & ~31
             if length > self._max_record or off + size > cap:
                 raise CorruptionError(
@@ -1266,6 +1379,9 @@ class Ring:
         words = self._words
         sem = self._sem_data
         assert words is not None and sem is not None
+        self._last_item = None
+        if self._pending:
+            return self._take_pending()
         deadline: float | None = None
         waited = False
         while True:
@@ -1293,6 +1409,11 @@ class Ring:
                     words[L.W_RECORDS_READ] += 1
                     words[L.W_BYTES_READ] += length
                     return end, self._data_offset + pos % self._capacity + 32, length
+                if rtype == _BATCH:
+                    self._pending.extend(self._expand_batch(pos, length, seq, size))
+                    self._at_group_start = bool(flags & L.FLAG_LAST)
+                    self._read_pos = pos + size
+                    return self._take_pending()
                 if rtype == _PADDING:
                     self._at_group_start = bool(flags & L.FLAG_LAST)
                     self._read_pos = pos + size
@@ -1323,23 +1444,98 @@ class Ring:
             if self._closed:
                 raise ClosedError(f"ring {self.name!r} is closed")
 
+    def _take_pending(self) -> tuple[Any, int, int]:
+        """The next item of a batch record being read (its last one releases the record)."""
+        item = self._pending.popleft()
+        self._last_item = item
+        words = self._words
+        assert words is not None
+        words[L.W_RECORDS_READ] += 1
+        words[L.W_BYTES_READ] += item[2]
+        return item
+
+    def _expand_batch(self, pos: int, length: int, seq: int, size: int) -> list[tuple[Any, int, int]]:
+        """Validate a batch record; return its items as (release position, offset, length).
+
+        Every item but the last releases up to the record's start only (nothing): the record's
+        space is reclaimed with its last item, so a consumer that dies in the middle of a batch
+        leaves the whole batch to its successor.
+        """
+        mm = self._mm
+        assert mm is not None
+        base = self._data_offset + pos % self._capacity + 32
+        count, reserved = _BATCH_HEAD.unpack_from(mm, base)
+        table = (4 * count + 7) & ~7
+        if count < 2 or reserved != 0 or 8 + table > length:
+            raise CorruptionError(
+                f"ring {self.name!r}: batch record at position {pos} has an invalid item count {count}"
+            )
+        lengths = _unpack_lengths(mm[base + 8 : base + 8 + 4 * count])
+        if 8 + table + sum(lengths) != length:
+            raise CorruptionError(
+                f"ring {self.name!r}: batch record at position {pos}: item lengths add up to "
+                f"{sum(lengths)}, the record holds {length - 8 - table}"
+            )
+        if seq != self._next_seq and self._next_seq >= 0 and not self._sequence_gap_ok(seq):
+            raise self._bad_sequence(pos, seq)
+        self._next_seq = seq + count
+        start = base + 8 + table
+        items: list[tuple[Any, int, int]] = []
+        for k, n in enumerate(lengths, 1):
+            items.append(((pos, k), start, n))
+            start += n
+        items[-1] = (pos + size, items[-1][1], items[-1][2])
+        if pos == self._skip_pos:
+            # A previous consumer released the first items of this batch, then left.
+            self._skip_pos = -1
+            if 0 < self._skip < count:
+                del items[: self._skip]
+        return items
+
     def _unread(self, length: int) -> None:
         """Put back the record just taken (``recv_into`` with a buffer too small)."""
         words = self._words
         assert words is not None
+        if self._last_item is not None:
+            self._pending.appendleft(self._last_item)
+            self._last_item = None
+            words[L.W_RECORDS_READ] -= 1
+            words[L.W_BYTES_READ] -= length
+            return
         self._read_pos = self._last_pos
         self._next_seq = self._last_seq
         words[L.W_RECORDS_READ] -= 1
         words[L.W_BYTES_READ] -= length
         self._at_group_start = False  # its group's count (if any) was taken already
 
-    def _done(self, end: int) -> None:
-        """The record ending at ``end`` is consumed and no view refers to it."""
+    def _done(self, end: Any) -> None:
+        """The record (or batch item) with release marker ``end`` is consumed, unreferenced.
+
+        A marker is the position that ends a record (an ``int``), or ``(position, n)`` for the
+        first ``n`` items of the batch record at ``position`` (its last item's marker is the
+        record's end).
+        """
         if self._outstanding:
             self._outstanding.append([end, None, None, True])
             self._advance()
-        else:
+        elif type(end) is int:
             self._set_head(end)
+        else:
+            self._set_skip(end)
+
+    def _set_skip(self, marker: tuple[int, int]) -> None:
+        """Record that the first items of the batch record at ``head`` are released.
+
+        Two words, ``head_skip`` then ``head_skip_pos``: a consumer that dies in between leaves
+        a pair that does not match (or matches with the previous count), so its successor
+        delivers those items again (at least once), never skips an unreleased one.
+        """
+        words = self._words
+        assert words is not None
+        pos, count = marker
+        words[L.W_HEAD_SKIP] = count
+        if words[L.W_HEAD_SKIP_POS] != pos:
+            words[L.W_HEAD_SKIP_POS] = pos
 
     def _release(self, entry: list[Any]) -> None:
         view = entry[1]
@@ -1357,6 +1553,7 @@ class Ring:
         """Release, in order, every record that is consumed and no longer referenced."""
         out = self._outstanding
         new_head = None
+        new_skip = None
         while out:
             entry = out[0]
             if not entry[3]:
@@ -1365,9 +1562,15 @@ class Ring:
             if ref is not None and ref() is not None:
                 break
             out.popleft()
-            new_head = entry[0]
+            if type(entry[0]) is int:
+                new_head = entry[0]
+                new_skip = None
+            else:
+                new_skip = entry[0]
         if new_head is not None:
             self._set_head(new_head)
+        if new_skip is not None:
+            self._set_skip(new_skip)
         pinned = 0
         for entry in out:
             if entry[3] and entry[2] is not None and entry[2]() is not None:
