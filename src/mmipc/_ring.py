@@ -37,9 +37,11 @@ import platform
 import sys
 import time
 import weakref
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate as _accumulate
 from types import TracebackType
 from typing import Any
 
@@ -755,7 +757,24 @@ class Ring:
         ``batch_limit`` bytes; other items (and a run of one) get a data record each.
         """
         batch_limit = min(BATCH_RECORD_MAX, self._max_record, self._capacity // 8)
-        i, n = 0, len(sizes)
+        n = len(sizes)
+        if max(sizes) <= BATCH_ITEM_MAX and n > 1:
+            # All small (the common case): cut chunks with a bisection over running totals of
+            # (item + 4-byte table entry); _batch_length(c, t) <= t + 4c + 15.
+            totals = list(_accumulate([size + 4 for size in sizes]))
+            start, before = 0, 0
+            while start < n:
+                stop = max(start + 1, bisect_right(totals, before + batch_limit - 15, lo=start))
+                count = stop - start
+                payload = totals[stop - 1] - before - 4 * count
+                if count == 1:
+                    yield start, 1, payload, payload
+                else:
+                    yield start, count, _batch_length(count, payload), payload
+                before = totals[stop - 1]
+                start = stop
+            return
+        i = 0
         while i < n:
             size = sizes[i]
             j = i
@@ -1224,22 +1243,31 @@ class Ring:
                 nbytes += length
             elif rtype == _BATCH:
                 try:
-                    items = self._expand_batch(pos, length, seq, size)
+                    lengths, first, skip = self._batch_lengths(pos, length, seq)
                 except CorruptionError:
                     self._read_pos = pos
                     self._done(consumed)
                     raise
-                room = max_records - len(out)
-                first, last = items[0][1], items[-1][1] + items[-1][2]
-                blob = mm[first:last]  # one copy, then slices of it
-                for _end, start, n in items[:room]:
-                    start -= first
-                    out.append(blob[start : start + n])
-                    records += 1
-                    nbytes += n
-                if room < len(items):  # the rest waits in _pending; the record stays unreleased
-                    pending.extend(items[room:])
-                    partial = items[room - 1][0] if room else None
+                count = len(lengths)
+                stop = min(count, skip + max_records - len(out))
+                ends = list(_accumulate(lengths))
+                begins = [0, *ends[:-1]]
+                blob = mm[first + begins[skip] : first + ends[stop - 1]]  # one copy, then slices
+                shift = begins[skip]
+                out.extend(
+                    [
+                        blob[b - shift : e - shift]
+                        for b, e in zip(begins[skip:stop], ends[skip:stop], strict=True)
+                    ]
+                )
+                records += stop - skip
+                nbytes += ends[stop - 1] - shift
+                if stop < count:  # the rest waits in _pending; the record stays unreleased
+                    pending.extend(
+                        ((pos, k + 1) if k + 1 < count else pos + size, first + begins[k], lengths[k])
+                        for k in range(stop, count)
+                    )
+                    partial = (pos, stop)
                     pos += size
                     break
             pos = consumed = pos + size
@@ -1454,12 +1482,10 @@ class Ring:
         words[L.W_BYTES_READ] += item[2]
         return item
 
-    def _expand_batch(self, pos: int, length: int, seq: int, size: int) -> list[tuple[Any, int, int]]:
-        """Validate a batch record; return its items as (release position, offset, length).
+    def _batch_lengths(self, pos: int, length: int, seq: int) -> tuple[list[int], int, int]:
+        """Validate the batch record at ``pos``: (item lengths, offset of the first payload, skip).
 
-        Every item but the last releases up to the record's start only (nothing): the record's
-        space is reclaimed with its last item, so a consumer that dies in the middle of a batch
-        leaves the whole batch to its successor.
+        ``skip`` is how many leading items a consumer that left had released already.
         """
         mm = self._mm
         assert mm is not None
@@ -1479,18 +1505,27 @@ class Ring:
         if seq != self._next_seq and self._next_seq >= 0 and not self._sequence_gap_ok(seq):
             raise self._bad_sequence(pos, seq)
         self._next_seq = seq + count
-        start = base + 8 + table
+        skip = 0
+        if pos == self._skip_pos:
+            self._skip_pos = -1
+            if 0 < self._skip < count:
+                skip = self._skip
+        return lengths, base + 8 + table, skip
+
+    def _expand_batch(self, pos: int, length: int, seq: int, size: int) -> list[tuple[Any, int, int]]:
+        """Validate a batch record; return its items as (release marker, offset, length).
+
+        Item ``k`` (1-based) releases ``(pos, k)``: the first ``k`` items of the record at
+        ``pos`` (``head_skip``); the last one releases the record. A consumer that leaves in
+        the middle of a batch therefore hands its successor exactly the unreleased items.
+        """
+        lengths, start, skip = self._batch_lengths(pos, length, seq)
         items: list[tuple[Any, int, int]] = []
         for k, n in enumerate(lengths, 1):
             items.append(((pos, k), start, n))
             start += n
         items[-1] = (pos + size, items[-1][1], items[-1][2])
-        if pos == self._skip_pos:
-            # A previous consumer released the first items of this batch, then left.
-            self._skip_pos = -1
-            if 0 < self._skip < count:
-                del items[: self._skip]
-        return items
+        return items[skip:]
 
     def _unread(self, length: int) -> None:
         """Put back the record just taken (``recv_into`` with a buffer too small)."""
