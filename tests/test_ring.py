@@ -732,6 +732,7 @@ def test_send_many_packs_small_items_into_batch_records(make_ring) -> None:
     count, reserved = L.BATCH_HEAD.unpack_from(ring._mm, base + 32)
     assert 2 <= count <= 300 and reserved == 0
     got = [ring.recv_bytes()]  # every receive call takes the items one by one
+    got += ring.recv_many(1)
     got += ring.recv_many(7)
     with ring.recv() as view:
         got.append(bytes(view))

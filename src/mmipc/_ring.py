@@ -297,8 +297,8 @@ class Ring:
         self._at_group_start = True
         self._have_token = False
         self._outstanding: deque[list[Any]] = deque()
-        self._pending: deque[tuple[Any, int, int]] = deque()  # items left of a batch record
-        self._last_item: tuple[Any, int, int] | None = None
+        self._batch: _Batch | None = None  # the batch record being read, items left
+        self._last_batch: _Batch | None = None  # the batch the last item taken came from
         self._skip_pos = -1  # a batch record whose first _skip items a dead consumer released
         self._skip = 0
         self._pinned_reported = 0
@@ -571,7 +571,7 @@ class Ring:
         self._lock_owner_value = 0
         self._writer_role = self._consumer_role = False
         self._outstanding = deque()
-        self._pending = deque()
+        self._batch = None
         self._have_token = False
         if self._closed:
             return
@@ -1105,7 +1105,7 @@ class Ring:
 
     def recv_bytes(self, timeout: float | None = None) -> bytes:
         """Receive the next record as ``bytes`` (one copy) and release it at once."""
-        if self._consumer_role and not self._outstanding and not self._pending:
+        if self._consumer_role and not self._outstanding and self._batch is None:
             # Fast path: a data record is ready and passes every check of _read_header and
             # _take; anything else (waiting, padding, end of stream, errors) takes _take.
             words = self._words
@@ -1186,17 +1186,28 @@ class Ring:
         assert mm is not None and words is not None and sem is not None
         out = [mm[start : start + length]]
         records = nbytes = 0
-        pending = self._pending
-        while pending and len(out) < max_records:  # the rest of a batch record
-            end, start, length = pending.popleft()
-            out.append(mm[start : start + length])
-            records += 1
-            nbytes += length
-        if pending:
-            words[L.W_RECORDS_READ] += records
-            words[L.W_BYTES_READ] += nbytes
-            self._done(end)
-            return out
+        batch = self._batch
+        if batch is not None:  # the rest of a batch record, sliced out of one copy
+            k, stop = batch.index, min(batch.count, batch.index + max_records - 1)
+            if stop > k:
+                shift = batch.begins[k]
+                blob = mm[batch.first + shift : batch.first + batch.ends[stop - 1]]
+                out.extend(
+                    [
+                        blob[b - shift : e - shift]
+                        for b, e in zip(batch.begins[k:stop], batch.ends[k:stop], strict=True)
+                    ]
+                )
+                records = stop - k
+                nbytes = batch.ends[stop - 1] - shift
+                batch.index = stop
+            if stop < batch.count:
+                words[L.W_RECORDS_READ] += records
+                words[L.W_BYTES_READ] += nbytes
+                self._done((batch.pos, stop))
+                return out
+            self._batch = None
+            end = batch.pos + batch.size
         cap, data_offset, max_record = self._capacity, self._data_offset, self._max_record
         unpack = _RECORD.unpack_from
         partial = None  # release marker of the items taken from a batch record left unfinished
@@ -1262,11 +1273,8 @@ class Ring:
                 )
                 records += stop - skip
                 nbytes += ends[stop - 1] - shift
-                if stop < count:  # the rest waits in _pending; the record stays unreleased
-                    pending.extend(
-                        ((pos, k + 1) if k + 1 < count else pos + size, first + begins[k], lengths[k])
-                        for k in range(stop, count)
-                    )
+                if stop < count:  # the rest waits for the next call; the record stays unreleased
+                    self._batch = _Batch(pos, size, first, begins, ends, stop)
                     partial = (pos, stop)
                     pos += size
                     break
@@ -1311,7 +1319,7 @@ class Ring:
         self._read_pos = head
         self._have_token = False
         self._outstanding = deque()
-        self._pending = deque()
+        self._batch = None
         self._skip_pos, self._skip = words[L.W_HEAD_SKIP_POS], words[L.W_HEAD_SKIP]
         if self._skip_pos != head:
             self._skip_pos = -1
@@ -1407,8 +1415,7 @@ class Ring:
         words = self._words
         sem = self._sem_data
         assert words is not None and sem is not None
-        self._last_item = None
-        if self._pending:
+        if self._batch is not None:
             return self._take_pending()
         deadline: float | None = None
         waited = False
@@ -1430,6 +1437,7 @@ class Ring:
                         raise self._bad_sequence(pos, seq)
                     self._last_seq = seq
                     self._next_seq = seq + 1
+                    self._last_batch = None
                     self._at_group_start = bool(flags & L.FLAG_LAST)
                     end = pos + size
                     self._last_pos = pos
@@ -1438,7 +1446,9 @@ class Ring:
                     words[L.W_BYTES_READ] += length
                     return end, self._data_offset + pos % self._capacity + 32, length
                 if rtype == _BATCH:
-                    self._pending.extend(self._expand_batch(pos, length, seq, size))
+                    lengths, first, skip = self._batch_lengths(pos, length, seq)
+                    ends = list(_accumulate(lengths))
+                    self._batch = _Batch(pos, size, first, [0, *ends[:-1]], ends, skip)
                     self._at_group_start = bool(flags & L.FLAG_LAST)
                     self._read_pos = pos + size
                     return self._take_pending()
@@ -1473,14 +1483,29 @@ class Ring:
                 raise ClosedError(f"ring {self.name!r} is closed")
 
     def _take_pending(self) -> tuple[Any, int, int]:
-        """The next item of a batch record being read (its last one releases the record)."""
-        item = self._pending.popleft()
-        self._last_item = item
+        """The next item of the batch record being read: (release marker, offset, length).
+
+        Item ``k`` (1-based) releases ``(pos, k)``: the first ``k`` items of the record at
+        ``pos`` (``head_skip``); the last one releases the record. A consumer that leaves in
+        the middle of a batch therefore hands its successor exactly the unreleased items.
+        """
+        batch = self._batch
+        assert batch is not None
+        k = batch.index
+        begin = batch.begins[k]
+        n = batch.ends[k] - begin
+        batch.index = k = k + 1
+        if k < batch.count:
+            marker: Any = (batch.pos, k)
+        else:
+            marker = batch.pos + batch.size
+            self._batch = None
+        self._last_batch = batch
         words = self._words
         assert words is not None
         words[L.W_RECORDS_READ] += 1
-        words[L.W_BYTES_READ] += item[2]
-        return item
+        words[L.W_BYTES_READ] += n
+        return marker, batch.first + begin, n
 
     def _batch_lengths(self, pos: int, length: int, seq: int) -> tuple[list[int], int, int]:
         """Validate the batch record at ``pos``: (item lengths, offset of the first payload, skip).
@@ -1512,28 +1537,14 @@ class Ring:
                 skip = self._skip
         return lengths, base + 8 + table, skip
 
-    def _expand_batch(self, pos: int, length: int, seq: int, size: int) -> list[tuple[Any, int, int]]:
-        """Validate a batch record; return its items as (release marker, offset, length).
-
-        Item ``k`` (1-based) releases ``(pos, k)``: the first ``k`` items of the record at
-        ``pos`` (``head_skip``); the last one releases the record. A consumer that leaves in
-        the middle of a batch therefore hands its successor exactly the unreleased items.
-        """
-        lengths, start, skip = self._batch_lengths(pos, length, seq)
-        items: list[tuple[Any, int, int]] = []
-        for k, n in enumerate(lengths, 1):
-            items.append(((pos, k), start, n))
-            start += n
-        items[-1] = (pos + size, items[-1][1], items[-1][2])
-        return items[skip:]
-
     def _unread(self, length: int) -> None:
         """Put back the record just taken (``recv_into`` with a buffer too small)."""
         words = self._words
         assert words is not None
-        if self._last_item is not None:
-            self._pending.appendleft(self._last_item)
-            self._last_item = None
+        if self._last_batch is not None:
+            self._last_batch.index -= 1
+            self._batch = self._last_batch
+            self._last_batch = None
             words[L.W_RECORDS_READ] -= 1
             words[L.W_BYTES_READ] -= length
             return
@@ -1624,6 +1635,23 @@ class Ring:
             assert sem is not None
             if sem.value == 0:  # keep the count bounded (DESIGN.md 3.5)
                 sem.release()
+
+
+class _Batch:
+    """A batch record being read: item boundaries (relative to ``first``) and the next item."""
+
+    __slots__ = ("begins", "count", "ends", "first", "index", "pos", "size")
+
+    def __init__(
+        self, pos: int, size: int, first: int, begins: list[int], ends: list[int], index: int
+    ) -> None:
+        self.pos = pos
+        self.size = size
+        self.first = first
+        self.begins = begins
+        self.ends = ends
+        self.index = index
+        self.count = len(ends)
 
 
 _PRIVATE = object()
