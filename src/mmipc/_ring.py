@@ -96,6 +96,10 @@ _PADDING = L.REC_PADDING
 _END = L.REC_END
 _FIRST_LAST = L.FLAG_FIRST | L.FLAG_LAST
 _FIRST = L.FLAG_FIRST
+# Word indices used on the fast paths (a module global is cheaper than ``L.NAME``).
+_W_TAIL, _W_HEAD, _W_END_OF_STREAM = L.W_TAIL, L.W_HEAD, L.W_END_OF_STREAM
+_W_RECORDS_WRITTEN, _W_BYTES_WRITTEN = L.W_RECORDS_WRITTEN, L.W_BYTES_WRITTEN
+_W_RECORDS_READ, _W_BYTES_READ, _W_PRODUCER_WAITING = L.W_RECORDS_READ, L.W_BYTES_READ, L.W_PRODUCER_WAITING
 _BATCH = L.REC_BATCH
 _BATCH_HEAD = L.BATCH_HEAD
 
@@ -628,23 +632,23 @@ class Ring:
             words = self._words
             n = len(data) if type(data) is bytes else memoryview(data).nbytes
             size = (n + 63) & ~31  # record_size(n)
-            pos = words[L.W_TAIL]  # type: ignore[index]
+            pos = words[_W_TAIL]  # type: ignore[index]
             cap = self._capacity
             off = pos % cap
             if (
                 n <= self._max_record
                 and off + size <= cap
                 and pos + size - self._head_cache <= cap
-                and not words[L.W_END_OF_STREAM]  # type: ignore[index]
+                and not words[_W_END_OF_STREAM]  # type: ignore[index]
             ):
                 base = self._data_offset + off
                 mm = self._mm
-                seq = words[L.W_RECORDS_WRITTEN]  # type: ignore[index]
+                seq = words[_W_RECORDS_WRITTEN]  # type: ignore[index]
                 _RECORD.pack_into(mm, base, n, _DATA, _FIRST_LAST, pos, seq, 0)  # type: ignore[arg-type]
                 mm[base + 32 : base + 32 + n] = data  # type: ignore[index]
-                words[L.W_RECORDS_WRITTEN] = seq + 1  # type: ignore[index]
-                words[L.W_BYTES_WRITTEN] += n  # type: ignore[index]
-                words[L.W_TAIL] = pos + size  # type: ignore[index]
+                words[_W_RECORDS_WRITTEN] = seq + 1  # type: ignore[index]
+                words[_W_BYTES_WRITTEN] += n  # type: ignore[index]
+                words[_W_TAIL] = pos + size  # type: ignore[index]
                 self._sem_data.release()  # type: ignore[union-attr]
                 return
         self._send(data, timeout, False)
@@ -1110,7 +1114,7 @@ class Ring:
             # _take; anything else (waiting, padding, end of stream, errors) takes _take.
             words = self._words
             pos = self._read_pos
-            tail = words[L.W_TAIL]  # type: ignore[index]
+            tail = words[_W_TAIL]  # type: ignore[index]
             if 0 < tail - pos <= self._capacity and (
                 self._have_token or not self._at_group_start or self._sem_data.try_acquire()  # type: ignore[union-attr]
             ):
@@ -1135,11 +1139,11 @@ class Ring:
                     self._last_seq = seq
                     self._next_seq = seq + 1
                     self._read_pos = end
-                    words[L.W_RECORDS_READ] += 1  # type: ignore[index]
-                    words[L.W_BYTES_READ] += length  # type: ignore[index]
+                    words[_W_RECORDS_READ] += 1  # type: ignore[index]
+                    words[_W_BYTES_READ] += length  # type: ignore[index]
                     data = mm[base + 32 : base + 32 + length]  # type: ignore[index]
-                    words[L.W_HEAD] = end  # type: ignore[index]
-                    if words[L.W_PRODUCER_WAITING]:  # type: ignore[index]
+                    words[_W_HEAD] = end  # type: ignore[index]
+                    if words[_W_PRODUCER_WAITING]:  # type: ignore[index]
                         self._set_head(end)  # posts the space semaphore
                     return data
                 self._have_token = self._at_group_start  # the count taken above stays ours
