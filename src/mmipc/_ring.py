@@ -1174,10 +1174,15 @@ class Ring:
         self._done(end)
         return length
 
-    def recv_many(self, max_records: int = 1024, timeout: float | None = None) -> list[bytes]:
+    def recv_many(
+        self, max_records: int = 1024, timeout: float | None = None, max_bytes: int = 2 << 20
+    ) -> list[bytes]:
         """Receive up to ``max_records`` records as ``bytes``, waiting only for the first.
 
-        Returns at least one record (or raises :class:`WaitTimeout` / :class:`EndOfStream`).
+        Returns at least one record (or raises :class:`WaitTimeout` / :class:`EndOfStream`),
+        and stops adding records once about ``max_bytes`` of payload are collected: fresh
+        large ``bytes`` objects cost page faults, and measured with 1 MiB records (two
+        processes), 2 per call ran at 10.9k records/s, 4 at 2.7k, 1024 (a 1 GiB list) at 0.5k.
         Records after the first are read in a tight loop: one semaphore count per published
         group (a ``send_many`` batch is one group) and one stats update per call. Space is
         released every eighth of the capacity, so a producer waiting for room goes on while a
@@ -1222,7 +1227,7 @@ class Ring:
         release_step = cap >> 3 if not self._outstanding else 1 << 62
         released = consumed
         self._done(consumed)
-        while len(out) < max_records:
+        while len(out) < max_records and nbytes + length < max_bytes:
             if pos >= tail:
                 tail = words[L.W_TAIL]
                 if pos >= tail:
