@@ -808,3 +808,12 @@ def test_corrupt_batch_record_is_corruption_error(make_ring, corrupt) -> None:
     corrupt[1](ring._mm, ring._data_offset)
     with pytest.raises(mmipc.CorruptionError, match="batch record"):
         ring.recv_bytes()
+
+
+def test_recv_many_max_bytes_bounds_one_call(make_ring) -> None:
+    ring = make_ring(1 << 16)
+    ring.send_many([bytes([i]) * 2000 for i in range(10)])
+    first = ring.recv_many(max_bytes=5000)
+    assert [r[0] for r in first] == [0, 1, 2]  # about max_bytes, and at least one record
+    assert len(ring.recv_many(max_bytes=1)) == 1
+    assert [r[0] for r in ring.recv_many()] == list(range(4, 10))
