@@ -20,6 +20,8 @@ BUILTIN_OF = {
     mmipc.CorruptionError: mmipc.IncompatibleRegion,
     mmipc.RecordTooLarge: ValueError,
     mmipc.BusyError: RuntimeError,
+    mmipc.HeapExhausted: mmipc.WaitTimeout,
+    mmipc.SerializationError: ValueError,
 }
 
 

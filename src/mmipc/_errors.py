@@ -8,6 +8,7 @@ keep working::
     ├── ClosedError (ValueError)            you closed this handle, then used it
     ├── WouldBlock (BlockingIOError)        a ``*_nowait`` call found nothing to do
     ├── WaitTimeout (TimeoutError)          a blocking call ran out of its timeout
+    │   └── HeapExhausted                   a channel's heap stayed full (says who holds it)
     ├── EndOfStream (EOFError)              the producer ended the stream and it is drained
     ├── RegionNotFound (FileNotFoundError)  no region (or semaphore) of that name or path
     ├── RegionExists (FileExistsError)      ``create`` found the name or path taken
@@ -16,7 +17,9 @@ keep working::
     │   │                                   still initializing, unlinked
     │   └── CorruptionError                 inconsistent header or record (random bytes, torn file)
     ├── RecordTooLarge (ValueError)         a record that the ring can never hold
-    └── BusyError (RuntimeError)            a role (single writer, consumer) held by a live peer
+    ├── BusyError (RuntimeError)            a role (single writer, consumer) held by a live peer
+    └── SerializationError (ValueError)     an object that cannot be serialized (nothing was
+                                            sent) or a record that cannot be rebuilt
 
 All exceptions carry one message string naming the object and the numbers that were wrong, and
 all of them pickle (they travel between processes).
@@ -110,3 +113,21 @@ class BusyError(MmipcError, RuntimeError):
     """A role that only one process may hold (single writer, consumer) is held by a live peer."""
 
     __module__ = "mmipc"
+
+
+class HeapExhausted(WaitTimeout):
+    """A channel's shared heap stayed full for the whole timeout (received objects hold it).
+
+    The message says how many blocks and bytes each participant holds.
+    """
+
+    __module__ = "mmipc"
+
+
+class SerializationError(MmipcError, ValueError):
+    """An object could not be serialized (nothing was sent) or a record could not be rebuilt."""
+
+    __module__ = "mmipc"
+
+
+__all__ += ["HeapExhausted", "SerializationError"]

@@ -230,3 +230,106 @@ def slot_word(slot: int, field: int) -> int:
 def data_offset_for(max_participants: int) -> int:
     """Offset of the data area after the header and the participant table."""
     return align_up(HEADER_SIZE + max_participants * SLOT_SIZE, PAGE_SIZE)
+
+
+# ============================================================================================
+# Heap regions and channel records, version 1 (appended section; see ``_heap`` and ``_channel``)
+# ============================================================================================
+#
+# A channel is a ring (records: headers, pickle streams, small buffers) plus a *heap region*
+# (``KIND_HEAP``): a region whose data area starts with a heap control page and continues with
+# the arena of heap blocks that carry large out-of-band buffers.
+#
+# Heap control page (offsets relative to the region's ``data_offset``; one page)
+#
+#     0   heap_magic       ``HEAP_MAGIC``
+#     8   heap_version     ``HEAP_VERSION``; attach refuses any other
+#     16  arena_offset     offset of the arena from data_offset (``HEAP_CONTROL_SIZE``)
+#     24  arena_size       bytes of the arena (a multiple of ``BLOCK_ALIGN``)
+#     32  next_ticket      allocation counter; every block gets a unique ticket
+#     40  rover            next-fit start (arena-relative)
+#     48  copy_threshold   channel: buffers below it travel in-band, in the ring record
+#     56  serializer_id    channel: ``SER_PICKLE``, ``SER_RAW``, ``SER_CUSTOM``
+#     64  allocations      blocks allocated
+#     72  reclaimed        blocks taken back from dead participants or never published
+#     80  released         blocks returned by receivers (garbage-collected views)
+#
+# Heap block (``BLOCK_HEADER_SIZE`` = 64 bytes, then the payload; blocks are 64-aligned)
+#
+#     +0  size        bytes of the whole block, header included (allocator only)
+#     +8  state_word  state | owner << 8; owner = (slot + 1) | generation << 16 of a heap
+#                     participant slot. One store per transition (DESIGN.md 3.1).
+#     +16 ticket      unique per allocation (next_ticket)
+#     +24 ref         channel: absolute ring position of the record that names the block
+#     +32 nbytes      payload bytes requested
+#     +40 check       ``BLOCK_CHECK ^ arena-relative offset`` (detects a bogus reference)
+#     +48 reserved
+#
+# Block states: FREE -> ALLOCATED (producer writing, under the writer lock) -> IN_FLIGHT (named
+# by a record about to be / already published) -> HELD (a receiver's views) -> RELEASED (stored by
+# the receiver's GC callback, nothing else) -> FREE (allocator, lazily).
+#
+# Heap participant slot: words 0..4 as in every region (``S_*``); word 5 (``S_DONE_POS``):
+# the consumer's "every record before this ring position is fully processed" mark.
+#
+# Channel record payload (inside a ring data record)
+#
+#     0   u16 magic     ``CHAN_MAGIC``
+#     2   u8  format    ``FMT_OBJECT`` (serializer stream), ``FMT_ARRAY`` (reserve_array)
+#     3   u8  serializer  ``SER_*``
+#     4   u32 nbuffers  out-of-band buffers in the heap
+#     8   nbuffers x (u64 block offset, u64 ticket, u64 nbytes)
+#     ..  the serializer's stream (FMT_ARRAY: u8 ndim, dtype str, shape as u64s)
+
+KIND_HEAP = 3
+KIND_NAMES[KIND_HEAP] = "heap"
+
+HEAP_MAGIC = 0x50414548_4350494D  # b"MIPCHEAP" little-endian
+HEAP_VERSION = 1
+HEAP_CONTROL_SIZE = PAGE_SIZE
+H_MAGIC = 0
+H_VERSION = 1
+H_ARENA_OFFSET = 2
+H_ARENA_SIZE = 3
+H_NEXT_TICKET = 4
+H_ROVER = 5
+H_COPY_THRESHOLD = 6
+H_SERIALIZER = 7
+H_ALLOCATIONS = 8
+H_RECLAIMED = 9
+H_RELEASED = 10
+
+BLOCK_HEADER_SIZE = 64
+BLOCK_ALIGN = 64
+MIN_BLOCK = 128
+BLOCK_CHECK = 0x6B636F6C_42504D4D
+B_SIZE = 0
+B_STATE = 1
+B_TICKET = 2
+B_REF = 3
+B_NBYTES = 4
+B_CHECK = 5
+
+BLOCK_FREE = 0
+BLOCK_ALLOCATED = 1
+BLOCK_IN_FLIGHT = 2
+BLOCK_HELD = 3
+BLOCK_RELEASED = 4
+BLOCK_STATE_NAMES = {
+    BLOCK_FREE: "free",
+    BLOCK_ALLOCATED: "allocated",
+    BLOCK_IN_FLIGHT: "in-flight",
+    BLOCK_HELD: "held",
+    BLOCK_RELEASED: "released",
+}
+
+S_DONE_POS = 5
+
+CHAN_MAGIC = 0xC4A7
+CHAN_HEAD = struct.Struct("<HBBI")
+CHAN_BUFFER = struct.Struct("<QQQ")
+FMT_OBJECT = 1
+FMT_ARRAY = 2
+SER_PICKLE = 1
+SER_RAW = 2
+SER_CUSTOM = 3
