@@ -267,7 +267,7 @@ class Heap:
         self._begin_scan()
         # Two passes: from the rover to the end, then from the start (next-fit).
         for lo, hi in ((rover, end), (start, end)):
-            offset = lo
+            offset: int = lo
             while offset < hi:
                 i = offset // 8
                 size = int(w[i + L.B_SIZE])
