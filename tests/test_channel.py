@@ -367,6 +367,59 @@ def test_corrupt_records_raise(make_channel: Callable[..., mmipc.Channel]) -> No
     assert chan.recv() == "after"
 
 
+def test_corrupt_record_in_a_batch_loses_nothing_else(make_channel: Callable[..., mmipc.Channel]) -> None:
+    chan = make_channel()
+    chan.send("first")
+    chan._ring.send(b"\x80\x05garbage")  # a bare pickle stream that does not unpickle
+    chan.send(np.arange(20_000))  # out-of-band, after the bad record
+    chan.send("last")
+    assert chan.recv_many(10, timeout=5) == ["first"]
+    with pytest.raises(mmipc.SerializationError, match="cannot unpickle"):
+        chan.recv_many(10, timeout=5)
+    rest = chan.recv_many(10, timeout=5)
+    np.testing.assert_array_equal(rest[0], np.arange(20_000))
+    assert rest[1:] == ["last"]
+    del rest
+    gc.collect()
+    assert chan.stats().heap_blocks_in_use == 0
+
+
+def test_batch_blocks_are_not_reclaimed_before_they_are_held(
+    make_channel: Callable[..., mmipc.Channel],
+) -> None:
+    """recv_many takes several records from the ring before holding their blocks: a producer
+    reclaiming space in between must see them as still needed (the receiver's done mark)."""
+    producer = make_channel(MiB, heap_size=MiB)
+    receiver = pickle.loads(pickle.dumps(producer))  # a second handle: its own heap slot
+    try:
+        part = 300_000 // 8
+        producer.send(np.full(part, 1.0))
+        producer.send(np.full(part, 2.0))
+        take_blocks = receiver._take_blocks
+        calls: list[int] = []
+        outcomes: list[str] = []
+
+        def take_then_let_the_producer_scan(data: bytes, nbufs: int, copy: bool) -> list[Any]:
+            calls.append(nbufs)
+            if len(calls) == 2:
+                # The first record's block is held, the second's not yet: only reclaiming the
+                # second record's block could make room for this one.
+                try:
+                    producer.send(np.full(2 * part, 3.0), timeout=0)
+                    outcomes.append("sent")
+                except mmipc.HeapExhausted:
+                    outcomes.append("exhausted")
+            return take_blocks(data, nbufs, copy)
+
+        receiver._take_blocks = take_then_let_the_producer_scan  # type: ignore[method-assign]
+        first, second = receiver.recv_many(2, timeout=5)
+        assert outcomes == ["exhausted"]
+        np.testing.assert_array_equal(first, np.full(part, 1.0))
+        np.testing.assert_array_equal(second, np.full(part, 2.0))
+    finally:
+        receiver.close()
+
+
 def test_closed_channel(make_channel: Callable[..., mmipc.Channel]) -> None:
     chan = make_channel()
     chan.close()

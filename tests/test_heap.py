@@ -71,7 +71,9 @@ def test_random_alloc_release_never_overlaps(heap: tuple[Heap, int]) -> None:
             else:
                 successes += 1
                 fill = step % 251 + 1
-                mm[offset + L.BLOCK_HEADER_SIZE : offset + L.BLOCK_HEADER_SIZE + nbytes] = bytes([fill]) * nbytes
+                mm[offset + L.BLOCK_HEADER_SIZE : offset + L.BLOCK_HEADER_SIZE + nbytes] = (
+                    bytes([fill]) * nbytes
+                )
                 h.set_state(offset, L.BLOCK_HELD, owner)
                 live[offset] = (nbytes, fill)
         if step % 50 == 0:

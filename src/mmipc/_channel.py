@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import struct
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,12 +54,13 @@ from ._heap import Heap, block_size_for
 from ._liveness import Participants
 from ._region import Region
 from ._ring import Ring, RingStats
-from ._serialization import DEFAULT_COPY_THRESHOLD, Serializer, resolve_serializer
+from ._serialization import DEFAULT_COPY_THRESHOLD, PickleSerializer, Serializer, resolve_serializer
 from ._views import tracked_view
 
 __all__ = ["Channel", "ChannelStats"]
 
 _HEAD = L.CHAN_HEAD
+_PROTO = 0x80  # pickle's PROTO opcode: the first byte of a bare protocol-5 stream
 _BUF = L.CHAN_BUFFER
 _HDR = L.BLOCK_HEADER_SIZE
 _IN_FLIGHT = L.BLOCK_IN_FLIGHT
@@ -143,7 +146,20 @@ class Channel:
         self._heap: Heap | None = None
         self._heap_slot: int | None = None
         self._receiver = False
-        self._head0 = _HEAD.pack(L.CHAN_MAGIC, L.FMT_OBJECT, serializer.serializer_id, 0)
+        # In-band records: with the pickle serializer, the bare protocol-5 stream (its first byte
+        # is PROTO, 0x80, never the first byte of CHAN_MAGIC); otherwise a channel header first.
+        self._bare_pickle = type(serializer) is PickleSerializer
+        self._head0 = (
+            b"" if self._bare_pickle else _HEAD.pack(L.CHAN_MAGIC, L.FMT_OBJECT, serializer.serializer_id, 0)
+        )
+        # Receiving: records taken from the ring but not rebuilt yet (a recv_many batch after a
+        # record that failed), and the error of that record, raised by the next call.
+        self._pending: deque[bytes] = deque()
+        self._deferred_error: BaseException | None = None
+        self._done_index: int | None = None  # word of this handle's S_DONE_POS in the heap
+        # Sending with the default serializer: one reusable buffer callback and list.
+        self._oob: list[Any] = []
+        self._pickle_fast = type(serializer) is PickleSerializer and heap_region is not None
         if heap_region is not None:
             participants = Participants(heap_region)
             self._heap = heap = Heap(heap_region, participants, still_needed=self._still_needed)
@@ -474,27 +490,25 @@ class Channel:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def _buffer_callback(self, buffers: list[Any]) -> Any:
-        threshold = self._copy_threshold
-
-        def callback(buffer: Any) -> bool:
-            raw = buffer.raw()
-            if raw.nbytes < threshold:
-                return True
-            buffers.append(raw)
-            return False
-
-        return callback
+    def _buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
+        """pickle's ``buffer_callback``: large buffers go to the heap (False: out-of-band)."""
+        raw = buffer.raw()
+        if raw.nbytes < self._copy_threshold:
+            return True
+        self._oob.append(raw)
+        return False
 
     def _serialize(self, obj: Any) -> tuple[Any, list[Any]]:
-        buffers: list[Any] = []
-        callback = self._buffer_callback(buffers) if self._heap is not None else None
+        self._oob = buffers = []
+        callback = self._buffer_callback if self._heap is not None else None
         try:
             stream = self._serializer.dumps(obj, callback)
         except SerializationError:
             raise
         except Exception as exc:
             raise SerializationError(f"cannot serialize {type(obj).__name__} object: {exc}") from exc
+        finally:
+            self._oob = []
         return stream, buffers
 
     def send(self, obj: Any, timeout: float | None = None) -> None:
@@ -506,11 +520,25 @@ class Channel:
         (ring full), :class:`HeapExhausted` (the heap stayed full: it says who holds it),
         :class:`EndOfStream`, :class:`ClosedError`.
         """
-        self._check_open()
-        stream, buffers = self._serialize(obj)
-        if buffers:
-            self._send_buffers(L.FMT_OBJECT, stream, buffers, timeout, False)
-            return
+        if self._closed:
+            raise ClosedError(f"channel {self.name!r} is closed")
+        if self._pickle_fast and type(obj) not in _SLOW_TYPES:
+            # The common case inlined: one pickle call, no intermediate list when in-band.
+            oob = self._oob
+            try:
+                stream = _pickle_dumps(obj, 5, buffer_callback=self._buffer_callback)
+            except Exception as exc:
+                del oob[:]
+                raise SerializationError(f"cannot pickle {type(obj).__name__} object: {exc}") from exc
+            if oob:
+                self._oob = []
+                self._send_buffers(L.FMT_OBJECT, stream, oob, timeout, False)
+                return
+        else:
+            stream, buffers = self._serialize(obj)
+            if buffers:
+                self._send_buffers(L.FMT_OBJECT, stream, buffers, timeout, False)
+                return
         try:
             self._ring.send(self._head0 + stream, timeout)
         except RecordTooLarge:
@@ -690,7 +718,31 @@ class Channel:
         participants = heap.participants
         participants.set_field(slot, L.S_DONE_POS, int(self._ring._words[L.W_HEAD]))
         participants.set_field(slot, L.S_ROLES, participants.get_field(slot, L.S_ROLES) | _ROLE_RECEIVER)
+        self._done_index = L.slot_word(slot, L.S_DONE_POS)
         self._receiver = True
+
+    def _mark_done(self) -> None:
+        """Publish that every record taken from the ring so far is processed (its blocks held).
+
+        Producers reclaim an IN_FLIGHT block whose record the ring has released only once this
+        mark is past the record: until then this receiver may be about to hold it. Records kept
+        in ``_pending`` are not processed yet, so the mark waits for them.
+        """
+        index = self._done_index
+        if index is not None and not self._pending:
+            words, hwords = self._ring._words, self._hwords
+            if words is not None and hwords is not None:
+                hwords[index] = words[L.W_HEAD]
+
+    def _start_recv(self) -> None:
+        if self._closed:
+            raise ClosedError(f"channel {self.name!r} is closed")
+        if not self._receiver:
+            self._become_receiver()
+        error = self._deferred_error
+        if error is not None:
+            self._deferred_error = None
+            raise error
 
     def recv(self, timeout: float | None = None, *, copy: bool = False) -> Any:
         """Receive the next object, waiting at most ``timeout`` seconds (``None``: no limit).
@@ -698,30 +750,46 @@ class Channel:
         Large buffers come back as read-only views of shared memory (numpy arrays with
         ``flags.writeable == False``), valid while referenced; ``copy=True`` returns owned,
         writable objects instead. Raises :class:`WaitTimeout`, :class:`EndOfStream` once the
-        stream was ended and drained, :class:`CorruptionError` for a malformed record (the
-        record is consumed; the channel stays usable), :class:`ClosedError`.
+        stream was ended and drained, :class:`CorruptionError` for a malformed record and
+        :class:`SerializationError` for one that does not unpickle (the record is consumed;
+        the channel stays usable), :class:`ClosedError`.
         """
-        self._check_open()
-        if not self._receiver:
-            self._become_receiver()
-        return self._rebuild(self._ring.recv_bytes(timeout), copy)
+        self._start_recv()
+        data = self._pending.popleft() if self._pending else self._ring.recv_bytes(timeout)
+        return self._rebuild(data, copy)
 
     def recv_nowait(self, *, copy: bool = False) -> Any:
         """:meth:`recv` that raises :class:`WouldBlock` if nothing is ready."""
-        self._check_open()
-        if not self._receiver:
-            self._become_receiver()
-        return self._rebuild(self._ring.recv_bytes_nowait(), copy)
+        self._start_recv()
+        data = self._pending.popleft() if self._pending else self._ring.recv_bytes_nowait()
+        return self._rebuild(data, copy)
 
     def recv_many(
         self, max_objects: int = 1024, timeout: float | None = None, *, copy: bool = False
     ) -> list[Any]:
-        """Receive up to ``max_objects`` objects, waiting only for the first."""
-        self._check_open()
-        if not self._receiver:
-            self._become_receiver()
-        records = self._ring.recv_many(max_objects, timeout)
-        return [self._rebuild(data, copy) for data in records]
+        """Receive up to ``max_objects`` objects, waiting only for the first.
+
+        Objects rebuilt before a record that fails are returned; that record's error is raised
+        by the next receive call, and nothing after it is lost.
+        """
+        if max_objects < 1:
+            raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+        self._start_recv()
+        pending = self._pending
+        if not pending:
+            pending.extend(self._ring.recv_many(max_objects, timeout))
+        out: list[Any] = []
+        rebuild = self._rebuild
+        try:
+            while pending and len(out) < max_objects:
+                out.append(rebuild(pending.popleft(), copy))
+        except Exception as exc:
+            if not out:
+                raise
+            self._deferred_error = exc
+        finally:
+            self._mark_done()
+        return out
 
     def __iter__(self) -> Iterator[Any]:
         """Yield objects until the end of the stream."""
@@ -732,6 +800,14 @@ class Channel:
                 return
 
     def _rebuild(self, data: bytes, copy: bool) -> Any:
+        if data and data[0] == _PROTO and self._bare_pickle:
+            # The common case: a bare pickle stream (no out-of-band buffers).
+            try:
+                return _pickle_loads(data)
+            except Exception as exc:
+                raise SerializationError(
+                    f"channel {self.name!r}: cannot unpickle the object: {exc!r}"
+                ) from exc
         if len(data) < _HEAD.size:
             raise CorruptionError(f"channel {self.name!r}: record of {len(data)} bytes has no channel header")
         magic, fmt, ser_id, nbufs = _HEAD.unpack_from(data)
@@ -746,11 +822,10 @@ class Channel:
             )
         buffers: list[Any] = []
         if nbufs:
-            buffers = self._take_blocks(data, nbufs, copy)
-        if self._heap is not None and self._heap_slot is not None:
-            words = self._ring._words
-            assert words is not None
-            self._heap.participants.set_field(self._heap_slot, L.S_DONE_POS, int(words[L.W_HEAD]))
+            try:
+                buffers = self._take_blocks(data, nbufs, copy)
+            finally:
+                self._mark_done()
         stream = memoryview(data)[table_end:]
         if fmt == L.FMT_ARRAY:
             return self._rebuild_array(stream, buffers)
@@ -824,6 +899,10 @@ class Channel:
 
 
 _PRIVATE = object()
+_pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
+# Top-level objects the pickle serializer treats specially (large bytes out-of-band, memoryview).
+_SLOW_TYPES = (bytes, bytearray, memoryview)
 
 
 def _weak_callback(method: Any) -> Any:

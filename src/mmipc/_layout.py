@@ -272,7 +272,9 @@ def data_offset_for(max_participants: int) -> int:
 # Heap participant slot: words 0..4 as in every region (``S_*``); word 5 (``S_DONE_POS``):
 # the consumer's "every record before this ring position is fully processed" mark.
 #
-# Channel record payload (inside a ring data record)
+# Channel record payload (inside a ring data record): either a bare pickle protocol-5 stream
+# (first byte 0x80, pickle's PROTO opcode: an object with no out-of-band buffers, channels with
+# the pickle serializer; this saves a concatenation on send and a slice on receive), or
 #
 #     0   u16 magic     ``CHAN_MAGIC``
 #     2   u8  format    ``FMT_OBJECT`` (serializer stream), ``FMT_ARRAY`` (reserve_array)
