@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 
@@ -37,7 +38,7 @@ def _check_tiling(h: Heap) -> list[tuple[int, int, str]]:
     blocks = [(b.offset, b.size, b.state) for b in h.blocks()]
     assert blocks, "walk stopped at once"
     assert blocks[0][0] == h.arena_start
-    for (off, size, _), (nxt, _, _) in zip(blocks, blocks[1:], strict=False):
+    for (off, size, _), (nxt, _, _) in itertools.pairwise(blocks):
         assert off + size == nxt
     assert blocks[-1][0] + blocks[-1][1] == h.arena_end
     return blocks

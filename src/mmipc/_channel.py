@@ -499,7 +499,8 @@ class Channel:
         return False
 
     def _serialize(self, obj: Any) -> tuple[Any, list[Any]]:
-        self._oob = buffers = []
+        buffers: list[Any] = []
+        self._oob = buffers
         callback = self._buffer_callback if self._heap is not None else None
         try:
             stream = self._serializer.dumps(obj, callback)
