@@ -257,14 +257,6 @@ def test_producer_killed_between_in_flight_and_publish(
     assert_whole_heap_reclaimed(chan)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=mmipc.HeapExhausted,
-    reason="BUG: Channel._rebuild stores the receiver's done mark (S_DONE_POS) only for records "
-    "with out-of-band buffers (the bare-pickle path and nbufs == 0 return before _mark_done), so "
-    "after in-band traffic _still_needed still sees done_pos <= ref for a dead producer's "
-    "unpublished IN_FLIGHT block whose position the ring has passed, and never reclaims it",
-)
 @pytest.mark.parametrize("start_method", RANDOM_METHODS)
 def test_dead_producers_in_flight_block_is_reclaimed_after_in_band_traffic(
     make_channel: Any, start_method: str
@@ -276,8 +268,7 @@ def test_dead_producers_in_flight_block_is_reclaimed_after_in_band_traffic(
     Asserts: a send that needs the whole heap goes through within ``GRACE`` s (every block of
     the dead producer is reclaimable: its record was never published, the live consumer is past
     that position and cannot be about to hold the block), and arrives intact.
-    Today the IN_FLIGHT block stays pinned for as long as the consumer receives only in-band
-    objects, and no out-of-band object can be sent at all once such blocks fill the heap.
+    (Regression: the done mark used to move only for records with out-of-band buffers.)
     """
     ctx = multiprocessing.get_context(start_method)
     chan = make_channel(256 << 10, heap_size=4 * BLOCK)
@@ -300,15 +291,6 @@ def test_dead_producers_in_flight_block_is_reclaimed_after_in_band_traffic(
     assert_whole_heap_reclaimed(chan)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=mmipc.HeapExhausted,
-    reason="BUG: a receiver handle closed while its process still holds received arrays stays "
-    "registered (Channel._close_heap keeps the heap slot, _kept_open) with ROLE_RECEIVER and a "
-    "stale S_DONE_POS, so _still_needed treats every IN_FLIGHT block past that mark as 'a live "
-    "receiver may be about to hold it': a dead producer's unpublished blocks stay pinned for as "
-    "long as the retired receiver's process lives",
-)
 @pytest.mark.parametrize("start_method", RANDOM_METHODS)
 def test_retired_receiver_does_not_pin_a_dead_producers_blocks(make_channel: Any, start_method: str) -> None:
     """Consumer process A receives one array, keeps it and closes its handle (it stays alive);

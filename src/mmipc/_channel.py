@@ -371,6 +371,13 @@ class Channel:
         if region is None or region.closed or self._heap is None:
             return
         if self._heap_slot is not None and self._holds_blocks():
+            # Stay registered (the held blocks are ours while this process lives) but stop being
+            # a receiver: this handle can never take a record again, so its stale done mark must
+            # not make producers keep a dead producer's unpublished blocks.
+            participants = self._heap.participants
+            slot = self._heap_slot
+            participants.set_field(slot, L.S_ROLES, participants.get_field(slot, L.S_ROLES) & ~_ROLE_RECEIVER)
+            self._done_index = None
             _kept_open.append(region)
             return
         participants = self._heap.participants
@@ -756,14 +763,27 @@ class Channel:
         the channel stays usable), :class:`ClosedError`.
         """
         self._start_recv()
-        data = self._pending.popleft() if self._pending else self._ring.recv_bytes(timeout)
-        return self._rebuild(data, copy)
+        pending = self._pending
+        data = pending.popleft() if pending else self._ring.recv_bytes(timeout)
+        try:
+            return self._rebuild(data, copy)
+        finally:
+            # Inlined _mark_done: every record, in-band ones too, moves the done mark, or a dead
+            # producer's unpublished block behind it would look "about to be held" forever.
+            index = self._done_index
+            if index is not None and not pending:
+                hwords, words = self._hwords, self._ring._words
+                if hwords is not None and words is not None:
+                    hwords[index] = words[L.W_HEAD]
 
     def recv_nowait(self, *, copy: bool = False) -> Any:
         """:meth:`recv` that raises :class:`WouldBlock` if nothing is ready."""
         self._start_recv()
         data = self._pending.popleft() if self._pending else self._ring.recv_bytes_nowait()
-        return self._rebuild(data, copy)
+        try:
+            return self._rebuild(data, copy)
+        finally:
+            self._mark_done()
 
     def recv_many(
         self, max_objects: int = 1024, timeout: float | None = None, *, copy: bool = False
