@@ -127,8 +127,13 @@ def test_round_trip_in_process(make_channel: Callable[..., mmipc.Channel]) -> No
     chan = make_channel(MiB, heap_size=8 * MiB)
     for obj in sample_objects():
         chan.send(obj)
-        _assert_equal(obj, chan.recv())
-    assert chan.stats().heap_blocks_in_use == 0 or gc.collect() >= 0
+        got = chan.recv()
+        _assert_equal(obj, got)
+        del got
+    gc.collect()
+    stats = chan.stats()
+    assert stats.heap_blocks_in_use == 0 and stats.heap_blocks_held == 0
+    assert stats.objects_sent == stats.objects_received == len(sample_objects())
 
 
 # -- multi-process round trips -------------------------------------------------------------------

@@ -30,9 +30,11 @@ __all__ = [
 ]
 
 # Buffers smaller than this are copied into the stream (in-band); larger ones go to the heap.
-# Measured by ``python -m benchmarks channel --threshold`` (docs/channels.md): a heap block costs
-# a fixed ~10 us per buffer (allocation walk, block states, a tracked view, a weak reference),
-# an in-band buffer costs three copies (into the stream, into the ring, out of the ring).
+# Measured by ``python -m benchmarks channel_threshold`` (table in docs/channels.md): out-of-band
+# costs a fixed ~7 us more per object (allocation, block states, a tracked view, a weak
+# reference); in-band costs copies and, from 256-512 KiB, page faults on fresh allocations that
+# make it 4-10x slower. 64 KiB is where out-of-band's other gains (zero-copy views, no ring
+# space, held objects never stall the ring) are worth its fixed cost.
 DEFAULT_COPY_THRESHOLD = 64 << 10
 
 BufferCallback = Callable[[pickle.PickleBuffer], bool]
