@@ -180,9 +180,9 @@ class _Adapter(Generic[H]):
                 if deadline is not None:
                     wait = min(wait, deadline - clock())
                     if wait <= 0:
-                        # The last slice's error says what was waited for (and who holds a
-                        # full heap); only its duration was the slice's, not the timeout.
-                        detail = f": {last}" if last is not None else ""
+                        # A specific error of the last slice (HeapExhausted: who holds the heap)
+                        # is kept; its duration was the slice's, so the message is ours.
+                        detail = f": {last}" if last is not None and type(last) is not WaitTimeout else ""
                         raise (type(last) if last is not None else WaitTimeout)(
                             f"{self._kind} {self._handle.name!r}: gave up after {timeout} s{detail}"
                         )
