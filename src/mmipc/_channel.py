@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _layout as L
+from ._broadcast import Subscriber
 from ._errors import (
     ClosedError,
     CorruptionError,
@@ -49,11 +50,12 @@ from ._errors import (
     RecordTooLarge,
     RegionNotFound,
     SerializationError,
+    WouldBlock,
 )
 from ._heap import Heap, block_size_for
 from ._liveness import Participants
 from ._region import Region
-from ._ring import Ring, RingStats
+from ._ring import RecordInfo, Ring, RingStats
 from ._serialization import DEFAULT_COPY_THRESHOLD, PickleSerializer, Serializer, resolve_serializer
 from ._views import tracked_view
 
@@ -139,6 +141,9 @@ class Channel:
         if _token is not _PRIVATE:
             raise TypeError("use Channel.create(...) or Channel.attach(...)")
         self._ring = ring
+        self._mode: str = getattr(ring, "mode", "single")
+        self._queue = self._mode == "queue"
+        self._subscriber = isinstance(ring, Subscriber)
         self._serializer = serializer
         self._copy_threshold = copy_threshold
         self._closed = False
@@ -185,21 +190,44 @@ class Channel:
         serializer: Any = None,
         heap_size: int | None = None,
         copy_threshold: int | None = None,
-        mode: int = 0o600,
+        mode: str | int | None = None,
+        untether_after: float | None = None,
+        permissions: int | None = None,
         max_participants: int = L.DEFAULT_MAX_PARTICIPANTS,
         hugepages: bool = False,
     ) -> Channel:
         """Create a channel: a ring of ``capacity`` bytes plus a heap of ``heap_size`` bytes.
+
+        ``mode``: ``"single"`` (default: one receiver at a time), ``"queue"`` (each object to
+        exactly one of many receiving processes; an object whose receiver died before it was
+        rebuilt is delivered again, see :attr:`last_record`) or ``"broadcast"`` (every
+        :meth:`subscribe` r receives every object; ``untether_after`` as for
+        :meth:`Ring.create`). Broadcast channels carry everything in-band (no heap: a heap
+        block cannot be lent to many receivers at once), so every subscriber gets its own copy.
+        ``permissions`` of the created objects default to ``0o600`` (an ``int`` given as
+        ``mode`` is accepted as permissions, as before).
 
         ``capacity`` holds records (serialized streams, small buffers); ``heap_size`` (default:
         ``capacity``) holds buffers of at least ``copy_threshold`` bytes (default
         :data:`DEFAULT_COPY_THRESHOLD`, 64 KiB) while they travel and while receivers hold them.
         ``heap_size=0``: no heap, everything travels in-band. ``serializer``: ``"pickle"``
         (default, protocol 5), ``"raw"`` (bytes-like only, never runs code on receive), a
-        :class:`Serializer` or a ``(dumps, loads)`` pair. Regions are created mode ``0600``.
+        :class:`Serializer` or a ``(dumps, loads)`` pair. Regions are created with permissions ``0600``.
         ``name``/``path``/``multi_writer``/``hugepages`` as for :meth:`Ring.create`.
         """
         ser = resolve_serializer(serializer)
+        if isinstance(mode, int) and not isinstance(mode, bool):
+            if permissions is not None:
+                raise ValueError("give the permissions once (permissions=), not also as mode=")
+            permissions, mode = mode, None
+        perms = 0o600 if permissions is None else permissions
+        if mode == "broadcast":
+            if heap_size:
+                raise ValueError(
+                    "broadcast channels carry objects in-band (every subscriber gets a copy): "
+                    f"heap_size must be 0, got {heap_size!r}"
+                )
+            heap_size = 0
         if heap_size is None:
             heap_size = capacity if isinstance(capacity, int) else 0
         if not isinstance(heap_size, int) or heap_size < 0:
@@ -212,7 +240,7 @@ class Channel:
             heap_region = Region.create(
                 L.KIND_HEAP,
                 Heap.region_size_for(heap_size),
-                mode=mode,
+                mode=perms,
                 max_participants=max_participants,
                 hugepages=hugepages,
                 **_heap_location(name, path),
@@ -225,6 +253,8 @@ class Channel:
                 path=path,
                 multi_writer=multi_writer,
                 mode=mode,
+                untether_after=untether_after,
+                permissions=perms,
                 max_participants=max_participants,
                 hugepages=hugepages,
             )
@@ -298,6 +328,11 @@ class Channel:
     def __reduce__(self) -> tuple[Any, ...]:
         if self._closed:
             raise ClosedError(f"channel {self.name!r} is closed and cannot be pickled")
+        if self._subscriber:
+            raise TypeError(
+                f"a subscriber of channel {self.name!r} does not pickle: pass the channel to the "
+                "other process and subscribe there"
+            )
         heap = self._heap_region.descriptor() if self._heap_region is not None else None
         return (_rebuild_channel, (self._ring, heap, self._serializer, self._copy_threshold))
 
@@ -329,11 +364,24 @@ class Channel:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def mode(self) -> str:
+        """``"single"``, ``"queue"`` or ``"broadcast"`` (fixed at creation)."""
+        return self._mode
+
+    @property
+    def last_record(self) -> RecordInfo | None:
+        """Queue and broadcast receivers: ring position, sequence number and ``redelivered``
+        flag of the record of the object received last (by :meth:`recv`)."""
+        return getattr(self._ring, "last_record", None)
+
     def __repr__(self) -> str:
         if self._closed:
             return f"<mmipc.Channel {self.name!r} closed>"
+        what = "Channel subscriber" if self._subscriber else "Channel"
+        mode = "" if self._mode == "single" else f" mode={self._mode}"
         return (
-            f"<mmipc.Channel {self.name!r} capacity={self.capacity} heap_size={self.heap_size} "
+            f"<mmipc.{what} {self.name!r}{mode} capacity={self.capacity} heap_size={self.heap_size} "
             f"serializer={self._serializer.name} copy_threshold={self._copy_threshold}>"
         )
 
@@ -414,8 +462,27 @@ class Channel:
             raise ClosedError(f"channel {self.name!r} is closed")
 
     def stats(self) -> ChannelStats:
-        """A snapshot of the channel's counters and heap use."""
+        """A snapshot of the channel's counters and heap use (a subscriber: its own counters,
+        ``objects_sent`` being what was published while it was subscribed)."""
         self._check_open()
+        if self._subscriber:
+            sub = self._ring.stats()
+            return ChannelStats(
+                name=self.name,
+                capacity=self.capacity,
+                heap_size=0,
+                objects_sent=int(self._ring.next_sequence),  # type: ignore[attr-defined]
+                objects_received=sub.records_read,
+                heap_used_bytes=0,
+                heap_blocks_in_use=0,
+                heap_blocks_held=0,
+                heap_bytes_held=0,
+                heap_blocks_in_flight=0,
+                heap_reclaimed=0,
+                end_of_stream=False,
+                participants=0,
+                ring=sub,  # type: ignore[arg-type]
+            )
         ring = self._ring.stats()
         hs = self._heap.stats() if self._heap is not None else None
         return ChannelStats(
@@ -762,6 +829,8 @@ class Channel:
         :class:`SerializationError` for one that does not unpickle (the record is consumed;
         the channel stays usable), :class:`ClosedError`.
         """
+        if self._queue:
+            return self._recv_claimed(timeout, copy, False)
         self._start_recv()
         pending = self._pending
         data = pending.popleft() if pending else self._ring.recv_bytes(timeout)
@@ -778,6 +847,8 @@ class Channel:
 
     def recv_nowait(self, *, copy: bool = False) -> Any:
         """:meth:`recv` that raises :class:`WouldBlock` if nothing is ready."""
+        if self._queue:
+            return self._recv_claimed(None, copy, True)
         self._start_recv()
         data = self._pending.popleft() if self._pending else self._ring.recv_bytes_nowait()
         try:
@@ -795,6 +866,8 @@ class Channel:
         """
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+        if self._queue:
+            return self._recv_many_claimed(max_objects, timeout, copy)
         self._start_recv()
         pending = self._pending
         if not pending:
@@ -811,6 +884,50 @@ class Channel:
         finally:
             self._mark_done()
         return out
+
+    def _recv_claimed(self, timeout: float | None, copy: bool, nowait: bool) -> Any:
+        """Queue mode: rebuild the object (its blocks held) *before* the record is released, so
+        a receiver killed in between leaves the record to be delivered again, flagged."""
+        self._start_recv()
+        ring = self._ring
+        received = ring.recv_nowait() if nowait else ring.recv(timeout)
+        try:
+            with received as view:
+                return self._rebuild(view.tobytes(), copy)
+        finally:
+            self._mark_done()
+
+    def _recv_many_claimed(self, max_objects: int, timeout: float | None, copy: bool) -> list[Any]:
+        out = [self._recv_claimed(timeout, copy, False)]
+        while len(out) < max_objects:
+            try:
+                out.append(self._recv_claimed(None, copy, True))
+            except (WouldBlock, EndOfStream):
+                break  # EndOfStream: the next call raises it
+            except Exception as exc:
+                self._deferred_error = exc  # returned objects first; the error on the next call
+                break
+        return out
+
+    def subscribe(self, start: str = "next", *, timeout: float | None = None) -> Channel:
+        """Join a broadcast channel: the subscriber receives every object from ``start`` on.
+
+        ``start="next"`` or ``"oldest"`` (the oldest object still retained), as for
+        :meth:`Ring.subscribe`. The subscriber is a separate handle with the receive API
+        (``recv``, ``recv_many``, ``_nowait``, iteration, ``last_record``, ``close``); it does
+        not pickle: pass the channel to another process and subscribe there.
+        """
+        self._check_open()
+        if self._mode != "broadcast":
+            raise ValueError(
+                f"channel {self.name!r} is a {self._mode} channel: only broadcast channels have subscribers"
+            )
+        sub = self._ring.subscribe(start, timeout=timeout)  # type: ignore[attr-defined]
+        try:
+            return Channel(sub, None, self._serializer, self._copy_threshold, _token=_PRIVATE)
+        except BaseException:
+            sub.close()
+            raise
 
     def __iter__(self) -> Iterator[Any]:
         """Yield objects until the end of the stream."""
