@@ -37,6 +37,8 @@ def handler(value: Any) -> Any:
         return lambda: None
     if op == "pid":
         return os.getpid()
+    if op == "stuck":
+        return "not stuck here"  # only serve_until_stuck hangs on it
     raise ValueError(op)
 
 
@@ -249,3 +251,45 @@ def test_reprs_and_closed_handles(service: Callable[..., mmipc.Server]) -> None:
         mmipc.Channel.attach(reply_name)  # close removed the reply channel
     with pytest.raises(mmipc.RegionNotFound):
         mmipc.Client.connect(f"missing-{uuid.uuid4().hex[:8]}")
+
+
+def _live_servers(client: mmipc.Client) -> int:
+    from mmipc import _layout as L
+
+    table = client._requests._ring._participants.table()
+    return sum(1 for p in table if p.alive and p.roles & L.ROLE_QUEUE_CONSUMER)
+
+
+def test_many_servers_share_a_service_and_answer_for_a_dead_one(
+    service: Callable[..., mmipc.Server], mp_context: Any
+) -> None:
+    server = service(multi_server=True)
+    stuck = mp_context.Event()
+    hanging = _start(mp_context, serve_until_stuck, mmipc.Server.attach(server.name), stuck)
+    healthy = _start(mp_context, serve, mmipc.Server.attach(server.name))
+    try:
+        with mmipc.Client.connect(server.name) as client:
+            replies = [client.call(("double", i), timeout=WAIT) for i in range(100)]
+            assert replies == [2 * i for i in range(100)]
+            deadline = time.monotonic() + WAIT
+            while _live_servers(client) < 2:  # both are waiting for requests
+                assert time.monotonic() < deadline, "the two servers never both started"
+                time.sleep(0.01)
+            killer = _KillWhenSet(hanging, stuck)
+            # Whichever server takes it: the healthy one returns 10; the hanging one is killed
+            # and the healthy one answers for it, without running it again.
+            for _ in range(200):
+                try:
+                    assert client.call(("stuck", None), timeout=WAIT) == "not stuck here"
+                except mmipc.ServerDied as exc:
+                    assert "died; it may or may not have run" in str(exc)
+                    assert killer.killed
+                    break
+            else:
+                raise AssertionError("the hanging server never took a 'stuck' request")
+            assert client.call(("double", 5), timeout=WAIT) == 10  # the survivor goes on
+            client.end_service()
+        healthy.join(WAIT)
+        assert healthy.exitcode == 0
+    finally:
+        _stop(hanging, healthy)

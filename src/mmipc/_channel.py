@@ -897,6 +897,32 @@ class Channel:
         finally:
             self._mark_done()
 
+    def _recv_held(self, timeout: float | None) -> tuple[Any, Any]:
+        """Queue mode: the next object and a function that releases its record.
+
+        Until the function is called, the record stays claimed by this receiver: if it dies,
+        the record goes to another receiver, flagged ``redelivered`` (request/reply uses this to
+        learn that the server holding a request died). Call the function exactly once.
+        """
+        if not self._queue:
+            raise ValueError(f"channel {self.name!r}: held receives need a queue channel")
+        self._start_recv()
+        received = self._ring.recv(timeout)
+        view = received.__enter__()
+        try:
+            obj = self._rebuild(view.tobytes(), False)
+        except BaseException:
+            received.__exit__(None, None, None)
+            raise
+        finally:
+            del view
+            self._mark_done()
+
+        def release() -> None:
+            received.__exit__(None, None, None)
+
+        return obj, release
+
     def _recv_many_claimed(self, max_objects: int, timeout: float | None, copy: bool) -> list[Any]:
         out = [self._recv_claimed(timeout, copy, False)]
         while len(out) < max_objects:

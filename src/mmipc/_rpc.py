@@ -7,7 +7,13 @@ writers, so a restarted server can answer; one consumer: the client). Messages a
 * request ``(seq, reply_name, value)``
 * reply ``(seq, status, value)``: ``REPLY_OK`` with the result; ``REPLY_ERROR`` with
   ``(exception, formatted remote traceback)``; ``REPLY_FAILED`` with a message (the result or
-  the exception could not be pickled).
+  the exception could not be pickled); ``REPLY_DIED`` with a message (the request was taken
+  by a server that died: it is not run again).
+
+``Server.create(name, multi_server=True)`` makes the request channel a work queue
+(``mode="queue"``): any number of server processes (``Server.attach(name)``) share the
+requests, each request going to exactly one of them. A request whose server died is delivered
+again to another server, which answers ``REPLY_DIED`` instead of running it twice.
 
 Replies are matched to requests by sequence number; a reply to an earlier call that timed out is
 dropped. Large buffers in requests and replies travel out-of-band through the channels' heaps,
@@ -15,9 +21,10 @@ as with any Channel (a received numpy array is a read-only view).
 
 Server death: while a client waits, it checks every :data:`CHECK_INTERVAL` seconds whether the
 request channel's consumer (the server process, via its OFD lock) is still the live process
-that was there when the request was sent. If that server died or left after it may have taken
-the request, :class:`~mmipc.ServerDied` is raised (the request may or may not have run). A
-request nobody has taken yet waits for a server (up to ``timeout``).
+that was there when the request was sent (with ``multi_server``: whether any server is alive;
+the survivors answer for a dead one). If that server died or left after it may have taken the
+request, :class:`~mmipc.ServerDied` is raised (the request may or may not have run). A request
+nobody has taken yet waits for a server (up to ``timeout``).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ __all__ = ["Client", "Request", "Server"]
 REPLY_OK = 0
 REPLY_ERROR = 1
 REPLY_FAILED = 2
+REPLY_DIED = 3
 
 # How often a waiting client checks that the server holding its request is alive.
 CHECK_INTERVAL = 0.05
@@ -51,10 +59,19 @@ def _reply_name(service: str) -> str:
 
 
 def _consumer_pid(chan: Channel) -> int | None:
-    """The pid of the live process consuming ``chan`` (a server), or None if nobody does."""
+    """The pid of the live process consuming ``chan`` (a server), or None if nobody does.
+
+    A work-queue channel (many servers): 0 while any consumer is alive (any live one answers
+    for a dead one), None when none is.
+    """
     ring = chan._ring
     words = ring._words
-    if words is None or not ring._region.locked_elsewhere(L.LOCK_ROLE_CONSUMER):
+    if words is None:
+        return None
+    if chan.mode == "queue":
+        alive = any(p.alive and p.roles & L.ROLE_QUEUE_CONSUMER for p in ring._participants.table())
+        return 0 if alive else None
+    if not ring._region.locked_elsewhere(L.LOCK_ROLE_CONSUMER):
         return None
     return int(words[L.W_CONSUMER_PID])
 
@@ -63,14 +80,25 @@ class Request:
     """One request taken by a :class:`Server`: its ``value`` and how to answer it."""
 
     __module__ = "mmipc"
-    __slots__ = ("_answered", "_server", "client", "seq", "value")
+    __slots__ = ("_answered", "_release", "_server", "client", "seq", "value")
 
-    def __init__(self, server: Server, seq: int, client: str, value: Any) -> None:
+    def __init__(self, server: Server, seq: int, client: str, value: Any, release: Any = None) -> None:
         self._server = server
         self.seq = seq
         self.client = client
         self.value = value
         self._answered = False
+        # multi_server: the request's record stays claimed until it is answered, so that a
+        # server dying meanwhile hands it to another server (which answers REPLY_DIED).
+        self._release = release
+
+    def __del__(self) -> None:
+        release, self._release = getattr(self, "_release", None), None
+        if release is not None:
+            try:
+                release()  # never answered: let the record go (the client's call times out)
+            except Exception:
+                pass
 
     def __repr__(self) -> str:
         state = "answered" if self._answered else "pending"
@@ -94,11 +122,17 @@ class Request:
         if self._answered:
             raise MmipcError(f"request {self.seq} from {self.client!r} was already answered")
         self._answered = True
-        return self._server._send_reply(self.client, self.seq, status, value, timeout)
+        try:
+            return self._server._send_reply(self.client, self.seq, status, value, timeout)
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 class Server:
-    """The serving end of a request/reply service (one server process at a time).
+    """The serving end of a request/reply service (one server process, or many with
+    ``multi_server=True``).
 
     ``Server.create("calc")`` makes the service; clients connect by name. Take requests with
     :meth:`recv` (or iterate) and answer each with ``request.reply(value)`` or
@@ -128,16 +162,22 @@ class Server:
         heap_size: int | None = None,
         copy_threshold: int | None = None,
         reply_timeout: float = 5.0,
-        mode: int = 0o600,
+        multi_server: bool = False,
+        permissions: int = 0o600,
     ) -> Server:
-        """Create the service ``name`` (its request channel; ``RegionExists`` if taken)."""
+        """Create the service ``name`` (its request channel; ``RegionExists`` if taken).
+
+        ``multi_server=True``: many server processes may serve it at once (each opens it with
+        :meth:`attach`); every request goes to exactly one of them.
+        """
         chan = Channel.create(
             capacity,
             name=name,
             multi_writer=True,
             heap_size=heap_size,
             copy_threshold=copy_threshold,
-            mode=mode,
+            mode="queue" if multi_server else "single",
+            permissions=permissions,
         )
         return cls(chan, reply_timeout, _token=_PRIVATE)
 
@@ -175,15 +215,33 @@ class Server:
         """The next request; :class:`WaitTimeout` after ``timeout`` s."""
         if self._closed:
             raise ClosedError(f"server {self.name!r} is closed")
+        requests = self._requests
+        held = requests.mode == "queue"
         while True:
-            message = self._requests.recv(timeout)
+            release = None
+            if held:
+                message, release = requests._recv_held(timeout)
+            else:
+                message = requests.recv(timeout)
             try:
                 seq, client, value = message
                 if not (isinstance(seq, int) and isinstance(client, str)):
                     raise TypeError
             except (TypeError, ValueError):
+                if release is not None:
+                    release()
                 continue  # not a request of this protocol (nobody to answer): skip it
-            return Request(self, seq, client, value)
+            info = requests.last_record
+            if info is not None and info.redelivered:
+                # Its first server died with it: it may have run. Never run it twice.
+                text = f"the server of {self.name!r} that took request {seq} died; it may or may not have run"
+                try:
+                    self._send_reply(client, seq, REPLY_DIED, text, None)
+                finally:
+                    if release is not None:
+                        release()
+                continue
+            return Request(self, seq, client, value, release)
 
     def __iter__(self) -> Any:
         """Requests until the service is ended (:meth:`Client.end_service` or ``end_stream``)."""
@@ -384,24 +442,27 @@ class Client:
             if status == REPLY_ERROR:
                 exc, tb = result
                 raise exc from RemoteError(f"\n\nremote traceback (service {self.name!r}):\n{tb}")
+            if status == REPLY_DIED:
+                raise ServerDied(str(result))
             raise RemoteError(f"service {self.name!r} could not send the reply to request {seq}: {result}")
 
     def _check_server(self, seq: int, server: int | None, before: int, after: int) -> int | None:
         now = _consumer_pid(self._requests)
-        if now is not None and (server is None or now == server):
-            return now  # the same live server (or the first one to come)
+        if now is not None and (server is None or now == server or now == 0):
+            return now  # the same live server, the first one to come, or live queue servers
         words = self._requests._ring._words
         assert words is not None
         head = int(words[L.W_HEAD])
         if head <= before:
             return now  # nobody has taken the request yet: wait for a server
-        pid = server if server is not None else "?"
-        what = "left" if now is None else f"was replaced by process {now}"
         certain = "" if head >= after else " (or an earlier request)"
-        raise ServerDied(
-            f"the server of {self.name!r} (process {pid}) {what} after taking request {seq}{certain}; "
-            "it may or may not have run"
-        )
+        if server == 0:
+            who = f"every server of {self.name!r} left"
+        else:
+            pid = server if server is not None else "?"
+            what = "left" if now is None else f"was replaced by process {now}"
+            who = f"the server of {self.name!r} (process {pid}) {what}"
+        raise ServerDied(f"{who} after taking request {seq}{certain}; it may or may not have run")
 
     def end_service(self) -> None:
         """End the service's request stream: the server drains what was sent, then stops."""
