@@ -311,3 +311,212 @@ def kill_and_join(*procs: Any) -> None:
     for proc in procs:
         if proc.pid is not None:
             proc.join(30)
+
+
+# -- broadcast subscribers and work-queue consumers (test_ring_broadcast, test_ring_queue) -------
+
+QMSG = struct.Struct("<cQQ")  # kind, payload seq, ring sequence number
+Q_GOT = b"G"  # received (view held or copy made), first delivery
+Q_GOT_AGAIN = b"D"  # received, flagged redelivered
+Q_RELEASED = b"R"  # released
+
+
+def check_numbered(data: Any) -> int:
+    """The seq of a :func:`numbered` record, after checking its filler."""
+    seq = int.from_bytes(bytes(data[:8]), "little")
+    if bytes(data[8:]) != filler(seq):
+        raise AssertionError(f"record {seq} is corrupt")
+    return seq
+
+
+def subscribe_and_collect(
+    ring: mmipc.Ring, start: str, how: str, ready: Any, conn: Any, go: Any = None
+) -> None:
+    """Subscribe at ``start``, set ``ready``, receive until the end of the stream with ``how``.
+
+    ``how``: ``"view"`` (``recv`` views), ``"bytes"`` (``recv_bytes``), ``"many"`` (``recv_many``),
+    ``"slow"`` (``recv_bytes`` with a pause every few records: holds the producer back),
+    ``"mixed"`` (``StreamChecker`` records from several producers, ``recv_bytes``). Sends back the
+    list of received items (numbered seqs, or ``(producer, seq)`` pairs). With ``go``, waits
+    for it after subscribing and expects one :class:`mmipc.Lapped` first, sending its ``missed``.
+    """
+    got: list[Any] = []
+    missed = -1
+    with ring:
+        sub = ring.subscribe(start, timeout=SEND_TIMEOUT)
+        ready.set()
+        if go is not None:
+            assert go.wait(SEND_TIMEOUT)
+            try:
+                sub.recv_bytes(timeout=SEND_TIMEOUT)
+                raise AssertionError("expected Lapped")
+            except mmipc.Lapped as exc:
+                missed = exc.missed
+            ready.set()
+        checker = StreamChecker(SMALL_RECORD)
+        try:
+            while True:
+                if how == "view":
+                    with sub.recv(timeout=SEND_TIMEOUT) as view:
+                        got.append(check_numbered(view))
+                elif how == "many":
+                    got.extend(check_numbered(r) for r in sub.recv_many(7, timeout=SEND_TIMEOUT))
+                elif how == "mixed":
+                    got.append(checker.add(sub.recv_bytes(timeout=SEND_TIMEOUT)))
+                else:
+                    got.append(check_numbered(sub.recv_bytes(timeout=SEND_TIMEOUT)))
+                    if how == "slow" and len(got) % 50 == 0:
+                        time.sleep(0.02)
+        except mmipc.EndOfStream:
+            pass
+        sub.close()
+    conn.send((missed, got))
+    conn.close()
+
+
+SMALL_RECORD = 600  # max record length of the multi-producer broadcast test
+
+
+def subscribe_and_die(ring: mmipc.Ring, ready: Any, seed: int) -> None:
+    """Subscribe, then receive (views and copies, with pauses) until SIGKILLed."""
+    rng = random.Random(seed)
+    sub = ring.subscribe("next", timeout=SEND_TIMEOUT)
+    ready.set()
+    while True:
+        kept = None
+        if rng.random() < 0.5:
+            with sub.recv(timeout=SEND_TIMEOUT) as view:
+                check_numbered(view)
+                if rng.random() < 0.3:
+                    kept = view[:8]  # pinned after the block: holds the producer back
+        else:
+            check_numbered(sub.recv_bytes(timeout=SEND_TIMEOUT))
+        if rng.random() < 0.05:
+            time.sleep(rng.random() * 0.05)  # killed here, maybe holding a pinned view
+        del kept  # (a view pinned across a blocking receive could wait for itself)
+
+
+def last(ring: mmipc.Ring) -> mmipc.RecordInfo:
+    """The :class:`mmipc.RecordInfo` of the record ``ring`` (a queue consumer) received last."""
+    info = ring.last_record
+    assert info is not None
+    return info
+
+
+def queue_consume(ring: mmipc.Ring, conn: Any, how: str, seed: int, hold: int = 0) -> None:
+    """Consume a queue ring until the end of the stream (or SIGKILL), reporting through ``conn``.
+
+    Each delivery is reported (``Q_GOT`` or ``Q_GOT_AGAIN`` for a flagged redelivery, with the
+    payload's seq and the ring's sequence number) before the record is released, each release
+    after (``Q_RELEASED``): single 17-byte pipe writes, so a SIGKILL leaves each report whole or
+    absent. ``how``: ``"view"`` (``recv``), ``"window"`` (keeps up to 4 views and releases them
+    in random order), ``"bytes"`` and ``"many"`` (``recv_many``); the last two release inside the
+    call, before the report, so crash tests use only the first two. ``hold``: take that many
+    views, report, then sleep.
+    """
+    rng = random.Random(seed)
+    fd = conn.fileno()
+
+    def report(data: Any, info: mmipc.RecordInfo) -> int:
+        seq = check_numbered(data)
+        os.write(fd, QMSG.pack(Q_GOT_AGAIN if info.redelivered else Q_GOT, seq, info.sequence))
+        return seq
+
+    with ring:
+        if hold:
+            views = []
+            for _ in range(hold):
+                ctx = ring.recv(timeout=SEND_TIMEOUT)
+                view = ctx.__enter__()
+                report(view, last(ring))
+                views.append((ctx, view))
+            time.sleep(120)
+            raise AssertionError("queue_consume(hold) was not killed")
+        window: list[Any] = []
+        try:
+            while True:
+                if how == "many":
+                    batch = ring.recv_many(rng.randint(1, 8), timeout=SEND_TIMEOUT)
+                    infos = ring.last_records
+                    assert len(infos) == len(batch)
+                    for data, info in zip(batch, infos, strict=True):
+                        seq = report(data, info)
+                        os.write(fd, QMSG.pack(Q_RELEASED, seq, info.sequence))
+                elif how == "window":
+                    # Views are held only while more records are ready: a consumer that waits
+                    # for records while holding the oldest one could wait for itself.
+                    try:
+                        ctx = ring.recv_nowait()
+                        view = ctx.__enter__()
+                    except mmipc.WouldBlock:
+                        rng.shuffle(window)
+                        while window:
+                            old_ctx, seq, rseq = window.pop()
+                            old_ctx.__exit__(None, None, None)
+                            os.write(fd, QMSG.pack(Q_RELEASED, seq, rseq))
+                        ctx = ring.recv(timeout=SEND_TIMEOUT)
+                        view = ctx.__enter__()
+                    seq = report(view, last(ring))
+                    window.append((ctx, seq, last(ring).sequence))
+                    if len(window) >= rng.randint(1, 4):
+                        ctx, seq, rseq = window.pop(rng.randrange(len(window)))
+                        ctx.__exit__(None, None, None)
+                        os.write(fd, QMSG.pack(Q_RELEASED, seq, rseq))
+                elif how == "view":
+                    with ring.recv(timeout=SEND_TIMEOUT) as view:
+                        info = last(ring)
+                        seq = report(view, info)
+                    os.write(fd, QMSG.pack(Q_RELEASED, seq, info.sequence))
+                else:
+                    data = ring.recv_bytes(timeout=SEND_TIMEOUT)
+                    info = last(ring)
+                    seq = report(data, info)
+                    os.write(fd, QMSG.pack(Q_RELEASED, seq, info.sequence))
+                if rng.random() < 0.02:
+                    time.sleep(rng.random() * 0.005)
+        except mmipc.EndOfStream:
+            while window:
+                ctx, seq, rseq = window.pop()
+                ctx.__exit__(None, None, None)
+                os.write(fd, QMSG.pack(Q_RELEASED, seq, rseq))
+
+
+def read_qmsgs(conn: Any) -> list[tuple[bytes, int, int]]:
+    """Every ``QMSG`` report in a pipe whose writers are all gone."""
+    data = b""
+    while True:
+        chunk = os.read(conn.fileno(), 65536)
+        if not chunk:
+            break
+        data += chunk
+    assert len(data) % QMSG.size == 0, "a report was torn"
+    return [QMSG.unpack_from(data, i) for i in range(0, len(data), QMSG.size)]
+
+
+def produce_numbered_paced(ring: mmipc.Ring, count: int, ready: Any) -> None:
+    """Wait for ``ready``, send numbered records 0..count-1 (a short pause now and then), end."""
+    rng = random.Random(count)
+    with ring:
+        assert ready.wait(SEND_TIMEOUT)
+        for seq in range(count):
+            ring.send(numbered(seq), timeout=SEND_TIMEOUT)
+            if rng.random() < 0.01:
+                time.sleep(0.002)
+        ring.end_stream(timeout=SEND_TIMEOUT)
+
+
+def hold_claim_lock(ring: mmipc.Ring, held: Any) -> None:
+    """Take a queue ring's claim lock (as a consumer does while claiming) and wait to be killed."""
+    ring._lock_claims()  # type: ignore[attr-defined]
+    held.set()
+    time.sleep(120)
+    raise AssertionError("hold_claim_lock was not killed")
+
+
+def hold_writer_lock_joining(ring: mmipc.Ring, held: Any) -> None:
+    """Subscribe, then take the writer semaphore as a (re)joining subscriber does; wait to be killed."""
+    sub = ring.subscribe()
+    sub._lock_writer(None, False)
+    held.set()
+    time.sleep(120)
+    raise AssertionError("hold_writer_lock_joining was not killed")

@@ -149,6 +149,7 @@ def _describe(region: Region, detail: bool) -> dict[str, Any]:
             records_read=w[L.W_RECORDS_READ],
             end_of_stream=bool(w[L.W_END_OF_STREAM]),
         )
+        _describe_ring_mode(info, hdr["flags"], w, participants, detail)
         if detail:
             info.update(
                 multi_writer=bool(hdr["flags"] & L.RING_MULTI_WRITER),
@@ -175,6 +176,43 @@ def _describe(region: Region, detail: bool) -> dict[str, Any]:
         ]
         info["semaphores"] = _semaphores().get(hdr["nonce"], [])
     return info
+
+
+def _describe_ring_mode(
+    info: dict[str, Any], flags: int, w: memoryview, participants: list[Any], detail: bool
+) -> None:
+    """Broadcast: the subscribers' cursors and states; queue: the claim position, redeliveries."""
+    if flags & L.RING_BROADCAST:
+        info["mode"] = "broadcast"
+        untether_ms = flags >> L.RING_UNTETHER_SHIFT
+        info["untether_after"] = f"{untether_ms / 1000} s" if untether_ms else "never (back-pressure)"
+        info["lapped_total"] = w[L.W_B_LAPPED_TOTAL]
+        subscribers = []
+        for p in participants:
+            if not p.roles & L.ROLE_SUBSCRIBER:
+                continue
+            cursor = w[L.slot_word(p.slot, L.S_CURSOR)]
+            subscribers.append(
+                {
+                    "slot": p.slot,
+                    "pid": p.pid,
+                    "alive": p.alive,
+                    "state": L.SUB_STATE_NAMES.get(w[L.slot_word(p.slot, L.S_SUB_STATE)] & 0xFF, "?"),
+                    "cursor": cursor,
+                    "lag_bytes": w[L.W_TAIL] - cursor,
+                    "records_read": w[L.slot_word(p.slot, L.S_RECORDS_READ)],
+                    "views": w[L.slot_word(p.slot, L.S_VIEWS)],
+                }
+            )
+        info["subscribers"] = subscribers
+    elif flags & L.RING_QUEUE:
+        info["mode"] = "queue"
+        info["claim"] = w[L.W_Q_CLAIM]
+        info["redeliver_pending"] = w[L.W_Q_REDELIVER_PENDING]
+        info["redelivered"] = w[L.W_Q_REDELIVERED]
+        info["consumers_recovered"] = w[L.W_Q_CONSUMERS_RECOVERED]
+    else:
+        info["mode"] = "single"
 
 
 def _list() -> dict[str, Any]:
@@ -302,9 +340,19 @@ def _print_list(result: dict[str, Any]) -> None:
 
 def _print_inspect(info: dict[str, Any]) -> None:
     for key, value in info.items():
-        if key in ("header", "participant_table", "semaphores"):
+        if key in ("header", "participant_table", "semaphores", "subscribers"):
             continue
         print(f"{key:18} {value}")
+    if "subscribers" in info:
+        print("subscribers:")
+        if not info["subscribers"]:
+            print("  (none)")
+        for sub in info["subscribers"]:
+            print(
+                f"  slot {sub['slot']:3} pid {sub['pid']:8} {'alive' if sub['alive'] else 'DEAD':5} "
+                f"{sub['state']:11} cursor {sub['cursor']} lag {_fmt_size(sub['lag_bytes'])} "
+                f"records {sub['records_read']} views {sub['views']}"
+            )
     print("header:")
     for key, value in info["header"].items():
         print(f"  {key:20} {value}")

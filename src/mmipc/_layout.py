@@ -24,7 +24,8 @@ offset  size  field                meaning
 64      8     created_ns           ``time.time_ns()`` at creation
 72      4     max_participants     slots in the participant table
 76      4     slot_size            ``SLOT_SIZE``
-80      8     flags                kind-specific bits (``RING_MULTI_WRITER``, ``REGION_HUGEPAGES``)
+80      8     flags                kind-specific bits (``RING_MULTI_WRITER``, ``REGION_HUGEPAGES``,
+                                   ring modes and ``untether_ms``: see "Ring modes" below)
 88      8     max_record           largest payload a record may carry
 96      32    name                 UTF-8, NUL padded; display only (``anon:<nonce>`` if none)
 128     4     header_crc           zlib.crc32 of bytes [0, 16) + [24, 128) + [132, 256)
@@ -335,3 +336,220 @@ FMT_ARRAY = 2
 SER_PICKLE = 1
 SER_RAW = 2
 SER_CUSTOM = 3
+
+
+# ============================================================================================
+# KV regions, KV layout version 1 (appended section; see ``_kv``)
+# ============================================================================================
+#
+# A KV region (``KIND_KV``) has the common header page and participant table, then a data area
+# that is a heap (heap control page + arena, see the heap section). Everything of the KV lives
+# in heap blocks: the index, the deferred-free list, and one block per key (key bytes, then the
+# value 8-byte aligned). Blocks in use by the KV are IN_FLIGHT with owner 0; a block being
+# filled by a writer is ALLOCATED by that writer (the heap reclaims it if the writer dies).
+# The region grows by ``ftruncate``: the header's total_size stays the creation size, the
+# published size is ``kv_mapped_size`` below and the heap's ``arena_size``.
+#
+# KV writer block in the header page (written under the writer semaphore):
+#
+#     512 kv_magic          ``KV_MAGIC``
+#     520 kv_version        ``KV_VERSION``; attach refuses any other
+#     528 commit_seq        +1 after every completed write (wait_for_change sleeps on it)
+#     536 index_seq         seqlock of the index descriptor: odd while it is being replaced
+#     544 index_block       block offset (absolute) of the index; slots start 64 bytes later
+#     552 index_capacity    slots in the index (a power of two)
+#     560 live_keys
+#     568 used_slots        live + tombstones
+#     576 live_bytes        key + value bytes of live entries
+#     584 mapped_size       published size of the region (the file's size once grown)
+#     592 max_size          growth limit in bytes (0: none)
+#     600 seed              key of the blake2b tag hash (random at creation)
+#     608 kv_flags          ``KV_CHECKSUMS``: every value block carries a crc32 (file-backed)
+#     616 waiters           1 while a process may sleep in wait_for_change (writers then count
+#                           the slots' wait words and post the change semaphore)
+#     624 clean             1 when the last participant left with everything consistent
+#     632 epoch             reclamation epoch: +1 at every reclamation pass; a retired block is
+#                           tagged with it, a view pins it
+#     640 deferred_desc     block offset | log2(capacity) << 56 of the deferred-free list
+#     648 deferred_count    entries in the list (each 3 words: block offset, epoch, retire time
+#                           ns; the list is read and written only under the writer lock)
+#     656 repairs           half-done writes of dead writers finished by a successor (or on open)
+#     664 heap_walks        +1 before every heap walk (a writer's cache of blocks it released
+#                           is valid while this is unchanged)
+#     672 max_keys          the most keys the KV may hold (0: no limit)
+#
+# The writer lock block at 768 is the ring's (``W_LOCK_OWNER`` .. ``W_LOCK_GRANTS``).
+#
+# KV journal block at 1024 (the intent of the write in progress; idle = 0):
+#
+#     1024 j_state     the operation in its low 3 bits (``J_OP_MASK``) and its argument:
+#                      ``J_PUT | entry block offset`` (the block header says where it goes),
+#                      ``J_DELETE | slot word << 3``, ``J_INDEX | new index block offset``,
+#                      ``J_GROW`` (see the next two words), ``J_LIST`` (deferred list being
+#                      changed: sweep), ``J_IDLE`` (0)
+#     1048 j_offset    J_GROW: the new mapped size
+#     1056 j_lens      J_GROW: the new arena size
+#
+# Entry block header words used by the KV (written before the block is published, read only
+# by a repair): +16 tag (``KV_B_TAG``), +24 crc, +32 lens (``KV_B_LENS``), +48 the slot word it
+# goes to (``KV_B_SLOT``), +56 the slot's sequence word once written (``KV_B_SEQ``, even). An
+# index block keeps its capacity at +48 (``KV_B_CAPACITY``).
+#
+# Index slot (``KV_SLOT_SIZE`` = 32 bytes, 4 words):
+#
+#     +0  seq     even: stable; odd: being written. +2 per write, never reset.
+#     +8  tag     64-bit keyed blake2b of the key (never 0)
+#     +16 offset  0: empty, ``SLOT_TOMBSTONE``: deleted, else the block offset (absolute)
+#     +24 lens    bit 63: key is str (UTF-8); bits 40..62: key length; bits 0..39: value length
+#
+# Value block payload: key bytes, padding to 8 (zeros when checksummed), value bytes. The block's ``ref`` word holds
+# ``crc32(payload) | 1 << 32`` when ``KV_CHECKSUMS`` is set.
+#
+# Participant slot word 5 (``S_KV_PIN``): epoch + 1 while the participant holds a view, else 0;
+# word 6 (``S_KV_WAIT``): 1 while it sleeps in wait_for_change.
+
+KV_MAGIC = 0x3156_4B43_5049_4D4D  # b"MMIPCKV1" little-endian
+KV_VERSION = 1
+W_KV_MAGIC = 512 // 8
+W_KV_VERSION = 520 // 8
+W_KV_COMMIT = 528 // 8
+W_KV_INDEX_SEQ = 536 // 8
+W_KV_INDEX_BLOCK = 544 // 8
+W_KV_INDEX_CAP = 552 // 8
+W_KV_LIVE_KEYS = 560 // 8
+W_KV_USED_SLOTS = 568 // 8
+W_KV_LIVE_BYTES = 576 // 8
+W_KV_MAPPED = 584 // 8
+W_KV_MAX_SIZE = 592 // 8
+W_KV_SEED = 600 // 8
+W_KV_FLAGS = 608 // 8
+W_KV_WAITERS = 616 // 8
+W_KV_CLEAN = 624 // 8
+W_KV_EPOCH = 632 // 8
+W_KV_DEFERRED_DESC = 640 // 8
+W_KV_DEFERRED_COUNT = 648 // 8
+W_KV_REPAIRS = 656 // 8
+W_KV_HEAP_WALKS = 664 // 8
+W_KV_MAX_KEYS = 672 // 8
+KV_CHECKSUMS = 1
+
+W_J_STATE = 1024 // 8
+W_J_OFFSET = 1048 // 8
+W_J_LENS = 1056 // 8
+J_OP_MASK = 7
+KV_B_TAG = 2
+KV_B_LENS = 4
+KV_B_SLOT = 6
+KV_B_SEQ = 7
+KV_B_CAPACITY = 6
+J_IDLE = 0
+J_PUT = 1
+J_DELETE = 2
+J_INDEX = 3
+J_GROW = 4
+J_LIST = 5
+
+KV_SLOT_SIZE = 32
+KV_SLOT_WORDS = 4
+SLOT_TOMBSTONE = 1
+KV_STR_KEY = 1 << 63
+KV_KLEN_SHIFT = 40
+KV_VLEN_MASK = (1 << 40) - 1
+KV_KLEN_MASK = (1 << 23) - 1
+KV_DEFERRED_ENTRY_WORDS = 3
+S_KV_PIN = 5
+S_KV_WAIT = 6
+
+
+# ============================================================================================
+# Ring modes: broadcast and work queue (appended section; see ``_broadcast`` and ``_workqueue``)
+# ============================================================================================
+#
+# The mode is fixed at creation and stored in the header's ``flags`` (offset 80, covered by the
+# header checksum, written before the state word turns READY, so no process ever sees a ring
+# without its mode):
+#
+#     bit 0       RING_MULTI_WRITER    many producers (the writer semaphore serializes them)
+#     bit 1       RING_BROADCAST       every subscriber sees every record
+#     bit 2       RING_QUEUE           each record goes to exactly one consumer
+#     bit 8       REGION_HUGEPAGES
+#     bits 32-63  untether_ms          broadcast: a subscriber that blocks the producer for this
+#                                      many milliseconds is cut loose (0: back-pressure, never)
+#
+# ``Ring.attach`` refuses a ring whose flags carry bits it does not know (RING_KNOWN_FLAGS).
+# Records are the same in every mode; the queue mode uses the record header's ``user`` word
+# (offset 24, written by consumers with one aligned store after the record is published):
+#
+#     0                       unclaimed (as written by the producer)
+#     (slot+1) | gen << 16    claimed by that consumer slot (generation ``gen``)
+#     Q_REDELIVER             its consumer died: deliver it again (flagged redelivered)
+#     Q_RELEASED              released: the head may pass it
+#
+# Mode block at 896 (queue; written only under the claim lock, an OFD lock on LOCK_QUEUE_CLAIM):
+#
+#     896 claim              next unclaimed position (head <= claim <= tail)
+#     904 redeliver_pending  records marked Q_REDELIVER and not yet claimed again (a hint: it
+#                            may over-count after a crash in recovery, never under-count)
+#     912 redelivered        records delivered again after their consumer died
+#     920 consumers_recovered  dead consumers whose records were recovered
+#
+# Broadcast block at 1024 (written by producers and joiners, under the writer semaphore):
+#
+#     1024 sub_epoch         +1 per subscription (join or rejoin); a subscriber's state word
+#                            carries the epoch of its join, so producers post only to the
+#                            subscription that is live in a slot
+#     1032 lapped_total      subscribers cut loose so far
+#
+# Ring participant slot, words 5.. (the common words 0..4 are described above):
+#
+#     +40  cursor        broadcast: the subscriber's released position (it needs nothing before)
+#     +48  sub_state     broadcast: SUB_TETHERED / SUB_UNTETHERING / SUB_LAPPED | join epoch << 8
+#     +56  views         broadcast: zero-copy views the subscriber holds (never cut loose while > 0)
+#     +64  behind_since  broadcast: CLOCK_MONOTONIC ns when a producer first found this
+#                        subscriber holding it back (0: not behind); untethering grace start
+#     +72  records_read  subscriber / queue consumer: records received through this slot
+#     +80  bytes_read
+#     +88  waits         times this receiver waited for a record
+#     +96  pinned        records released by this receiver but still referenced by views
+#
+# Subscriber semaphores: ``/mmipc-<nonce>-b<slot>``, one per subscriber, posted by producers once
+# per published group while the subscription is tethered (so its count stays bounded by the
+# groups it has not read); removed when the subscriber leaves or its death is cleaned up.
+
+RING_BROADCAST = 1 << 1
+RING_QUEUE = 1 << 2
+RING_MODE_MASK = RING_BROADCAST | RING_QUEUE
+RING_UNTETHER_SHIFT = 32
+RING_KNOWN_FLAGS = RING_MULTI_WRITER | RING_MODE_MASK | REGION_HUGEPAGES | (0xFFFFFFFF << RING_UNTETHER_SHIFT)
+
+W_Q_CLAIM = 896 // 8
+W_Q_REDELIVER_PENDING = 904 // 8
+W_Q_REDELIVERED = 912 // 8
+W_Q_CONSUMERS_RECOVERED = 920 // 8
+W_B_SUB_EPOCH = 1024 // 8
+W_B_LAPPED_TOTAL = 1032 // 8
+
+RECORD_USER_OFFSET = 24  # of the u64 ``user`` word inside a record header
+Q_RELEASED = 1 << 63
+Q_REDELIVER = 1 << 62
+
+S_CURSOR = 5
+S_SUB_STATE = 6
+S_VIEWS = 7
+S_BEHIND_SINCE = 8
+S_RECORDS_READ = 9
+S_BYTES_READ = 10
+S_WAITS = 11
+S_PINNED = 12
+
+SUB_TETHERED = 1
+SUB_UNTETHERING = 2
+SUB_LAPPED = 3
+SUB_STATE_NAMES = {0: "left", SUB_TETHERED: "tethered", SUB_UNTETHERING: "untethering", SUB_LAPPED: "lapped"}
+
+ROLE_SUBSCRIBER = 8
+ROLE_QUEUE_CONSUMER = 16
+ROLE_NAMES[ROLE_SUBSCRIBER] = "subscriber"
+ROLE_NAMES[ROLE_QUEUE_CONSUMER] = "queue-consumer"
+
+LOCK_QUEUE_CLAIM = LOCK_BASE + 3  # queue consumers claim records under this OFD lock

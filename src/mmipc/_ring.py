@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate as _accumulate
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _layout as L
 from ._errors import (
@@ -51,6 +51,7 @@ from ._errors import (
     ClosedError,
     CorruptionError,
     EndOfStream,
+    IncompatibleRegion,
     RecordTooLarge,
     RegionNotFound,
     WaitTimeout,
@@ -61,7 +62,10 @@ from ._region import Region
 from ._semaphore import SLICE, Semaphore, semaphore_name, unlink_semaphore
 from ._views import tracked_view
 
-__all__ = ["Ring", "RingStats"]
+if TYPE_CHECKING:  # the broadcast module builds on this one (imports point down)
+    from ._broadcast import Subscriber
+
+__all__ = ["RecordInfo", "Ring", "RingStats", "register_mode"]
 
 # How often a producer waiting for the writer semaphore checks whether its holder died, and how
 # long "held, but no owner recorded" must persist before a dead waiter is suspected.
@@ -149,6 +153,28 @@ class RingStats:
     pinned_records: int
     end_of_stream: bool
     participants: int
+    mode: str = "single"
+    subscribers: int = 0  # broadcast: live tethered subscriptions
+    lapped: int = 0  # broadcast: subscribers cut loose so far
+    redelivered: int = 0  # queue: records delivered again after their consumer died
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """Where the record a broadcast subscriber or queue consumer received last came from.
+
+    ``position`` is the record's absolute ring position, ``sequence`` its sequence number
+    (producers number records 0, 1, 2, ... in publishing order), ``redelivered`` is true for a
+    queue record delivered again because the consumer that held it died (at-least-once).
+    """
+
+    position: int
+    sequence: int
+    redelivered: bool = False
+
+
+_MODE_FLAGS = {"single": 0, "broadcast": L.RING_BROADCAST, "queue": L.RING_QUEUE}
+_MODE_NAMES = {flag: name for name, flag in _MODE_FLAGS.items()}
 
 
 def _fmt_size(n: int) -> str:
@@ -275,7 +301,12 @@ class Ring:
         self._capacity: int = hdr["data_size"]
         self._data_offset: int = hdr["data_offset"]
         self._max_record: int = hdr["max_record"]
-        self._multi_writer = bool(hdr["flags"] & L.RING_MULTI_WRITER)
+        flags = hdr["flags"]
+        # Producers take the writer semaphore with several writers, and on broadcast rings
+        # always (subscribers join under it: see _broadcast).
+        self._user_multi_writer = bool(flags & L.RING_MULTI_WRITER)
+        self._multi_writer = bool(flags & (L.RING_MULTI_WRITER | L.RING_BROADCAST))
+        self._mode_flags: int = flags & L.RING_MODE_MASK
         self._mm = region.mm
         self._buf = region.buf
         self._words = region.words
@@ -306,6 +337,13 @@ class Ring:
         self._skip_pos = -1  # a batch record whose first _skip items a dead consumer released
         self._skip = 0
         self._pinned_reported = 0
+        # Receive-side counters and the first position whose group carries a semaphore count:
+        # the ring's own words here; a broadcast subscriber points them at its slot.
+        self._w_records_read = L.W_RECORDS_READ
+        self._w_bytes_read = L.W_BYTES_READ
+        self._w_consumer_waits = L.W_CONSUMER_WAITS
+        self._w_pinned = L.W_PINNED
+        self._counted_from = 0
         region.fork_callbacks.append(_weak_callback(self._after_fork_in_child))
 
     @classmethod
@@ -316,7 +354,9 @@ class Ring:
         name: str | None = None,
         path: str | os.PathLike[str] | None = None,
         multi_writer: bool = False,
-        mode: int = 0o600,
+        mode: str | int | None = None,
+        untether_after: float | None = None,
+        permissions: int | None = None,
         max_participants: int = L.DEFAULT_MAX_PARTICIPANTS,
         hugepages: bool = False,
     ) -> Ring:
@@ -325,11 +365,35 @@ class Ring:
         ``name``: a POSIX shared-memory object ``/dev/shm/mmipc-<name>``; ``path``: a file that
         persists; neither: anonymous (memfd), shared with children. ``multi_writer``: any number
         of producer processes (serialized by a semaphore); otherwise one producer at a time.
+        ``mode``: ``"single"`` (default: one consumer at a time), ``"broadcast"`` (every
+        subscriber, see :meth:`subscribe`, receives every record) or ``"queue"`` (each record
+        goes to exactly one of many consumers; see ``docs/broadcast_queue.md``).
+        ``untether_after`` (broadcast only): seconds a subscriber may hold the producer back
+        before it is cut loose and told it :class:`Lapped`; ``None`` (default): back-pressure,
+        the producer waits for the slowest subscriber. ``permissions``: of the created objects
+        (default ``0o600``; an ``int`` given as ``mode`` is accepted as permissions too).
         ``hugepages`` asks the kernel for transparent huge pages (``madvise``) for large rings.
         The largest record payload is ``capacity - 32`` bytes.
 
         Raises :class:`RegionExists`, :class:`NoSpaceError`, ``ValueError``.
         """
+        if isinstance(mode, int) and not isinstance(mode, bool):
+            if permissions is not None:
+                raise ValueError("give the permissions once (permissions=), not also as mode=")
+            permissions, mode = mode, None
+        if permissions is None:
+            permissions = 0o600
+        mode_flag = _MODE_FLAGS.get(mode if isinstance(mode, str) else "single" if mode is None else "")
+        if mode_flag is None:
+            raise ValueError(f"mode must be 'single', 'broadcast' or 'queue', got {mode!r}")
+        extra_flags = mode_flag
+        if untether_after is not None:
+            if mode_flag != L.RING_BROADCAST:
+                raise ValueError("untether_after applies to broadcast rings (mode='broadcast') only")
+            untether_ms = round(float(untether_after) * 1000)
+            if not 1 <= untether_ms <= 0xFFFFFFFF:
+                raise ValueError(f"untether_after must be 0.001 .. 4294967 seconds, got {untether_after!r}")
+            extra_flags |= untether_ms << L.RING_UNTETHER_SHIFT
         if not isinstance(capacity, int) or capacity < 64:
             raise ValueError(f"capacity must be an int >= 64 bytes, got {capacity!r}")
         capacity = L.align_up(capacity, L.RECORD_ALIGN)
@@ -339,15 +403,17 @@ class Ring:
             capacity,
             name=name,
             path=path,
-            mode=mode,
+            mode=permissions,
             max_participants=max_participants,
-            flags=(L.RING_MULTI_WRITER if multi_writer else 0) | (L.REGION_HUGEPAGES if hugepages else 0),
+            flags=(L.RING_MULTI_WRITER if multi_writer else 0)
+            | (L.REGION_HUGEPAGES if hugepages else 0)
+            | extra_flags,
             max_record=max_record,
             hugepages=hugepages,
         )
         try:
-            ring = cls(region, _token=_PRIVATE)
-            ring._join(create_mode=mode)
+            ring = _ring_class(region.header()["flags"])(region, _token=_PRIVATE)
+            ring._join(create_mode=permissions)
         except BaseException:
             region.unlink_name()
             for sem in _sem_names(region.nonce):
@@ -377,7 +443,13 @@ class Ring:
     @classmethod
     def _from_region(cls, region: Region) -> Ring:
         try:
-            ring = cls(region, _token=_PRIVATE)
+            flags = region.header()["flags"]
+            if flags & ~L.RING_KNOWN_FLAGS or (flags & L.RING_MODE_MASK) == L.RING_MODE_MASK:
+                raise IncompatibleRegion(
+                    f"ring {region.display_name!r} has flags {flags:#x} this mmipc does not know "
+                    "(a newer layout?)"
+                )
+            ring = _ring_class(flags)(region, _token=_PRIVATE)
             ring._join(create_mode=None)
         except BaseException:
             region.close()
@@ -447,7 +519,33 @@ class Ring:
 
     @property
     def multi_writer(self) -> bool:
-        return self._multi_writer
+        return self._user_multi_writer
+
+    def subscribe(self, start: str = "next", *, timeout: float | None = None) -> Subscriber:
+        """Join a broadcast ring as a subscriber (see ``_broadcast``); other modes raise TypeError."""
+        raise TypeError(
+            f"ring {self.name!r} is a {self.mode}-consumer ring: only rings created with "
+            "mode='broadcast' have subscribers"
+        )
+
+    @property
+    def last_record(self) -> RecordInfo | None:
+        """Position, sequence number and redelivery flag of the record received last.
+
+        Tracked by broadcast subscribers and queue consumers (``mode="queue"``); ``None`` on a
+        single-consumer ring, whose fast paths do not track it.
+        """
+        return None
+
+    @property
+    def last_records(self) -> list[RecordInfo]:
+        """:class:`RecordInfo` of every record the last receive call returned (queue mode; else [])."""
+        return []
+
+    @property
+    def mode(self) -> str:
+        """``"single"`` (one consumer), ``"broadcast"`` or ``"queue"``, fixed at creation."""
+        return _MODE_NAMES[self._mode_flags]
 
     @property
     def closed(self) -> bool:
@@ -463,7 +561,8 @@ class Ring:
         roles = [r for r, held in (("writer", self._writer_role), ("consumer", self._consumer_role)) if held]
         return (
             f"<mmipc.Ring {self.name!r} {kind} capacity={_fmt_size(self._capacity)} "
-            f"used={_fmt_size(used)} {'multi' if self._multi_writer else 'single'}-writer"
+            f"used={_fmt_size(used)} {'multi' if self._user_multi_writer else 'single'}-writer"
+            f"{'' if not self._mode_flags else ' ' + self.mode}"
             f"{' roles=' + ','.join(roles) if roles else ''}"
             f"{' ended' if words[L.W_END_OF_STREAM] else ''}>"
         )
@@ -513,7 +612,7 @@ class Ring:
                     self._participants.release(self._slot)
                     self._slot = None
                 if not self._participants.others_alive():
-                    for name in _sem_names(region.nonce):
+                    for name in (*_sem_names(region.nonce), *self._extra_sem_names()):
                         unlink_semaphore(name)
         finally:
             for sem in (self._sem_data, self._sem_space, self._sem_lock):
@@ -532,8 +631,12 @@ class Ring:
         self._check_open()
         self._region.mark_closed_state()
         self._region.unlink_name()
-        for name in _sem_names(self._region.nonce):
+        for name in (*_sem_names(self._region.nonce), *self._extra_sem_names()):
             unlink_semaphore(name)
+
+    def _extra_sem_names(self) -> tuple[str, ...]:
+        """Semaphores of the ring's mode beyond the three every ring has (broadcast: subscribers')."""
+        return ()
 
     def flush(self) -> None:
         """Write the mapping back to its file (``msync``); makes a file-backed ring durable."""
@@ -558,10 +661,18 @@ class Ring:
             producer_waits=words[L.W_PRODUCER_WAITS],
             consumer_waits=words[L.W_CONSUMER_WAITS],
             recoveries=words[L.W_RECOVERIES],
-            pinned_records=words[L.W_PINNED],
+            pinned_records=self._pinned_count(),
             end_of_stream=bool(words[L.W_END_OF_STREAM]),
             participants=sum(1 for p in self._participants.table() if p.alive),
+            **self._mode_stats(),
         )
+
+    def _mode_stats(self) -> dict[str, Any]:
+        return {}
+
+    def _pinned_count(self) -> int:
+        assert self._words is not None
+        return int(self._words[L.W_PINNED])
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1211,8 +1322,8 @@ class Ring:
                 nbytes = batch.ends[stop - 1] - shift
                 batch.index = stop
             if stop < batch.count:
-                words[L.W_RECORDS_READ] += records
-                words[L.W_BYTES_READ] += nbytes
+                words[self._w_records_read] += records
+                words[self._w_bytes_read] += nbytes
                 self._done((batch.pos, stop))
                 return out
             self._batch = None
@@ -1222,6 +1333,7 @@ class Ring:
         partial = None  # release marker of the items taken from a batch record left unfinished
         pos = consumed = end  # == self._read_pos: the last record taken is complete
         at_start = self._at_group_start
+        counted_from = self._counted_from
         tail = words[L.W_TAIL]
         # Release space as we go (not only at the end) unless views pin earlier records.
         release_step = cap >> 3 if not self._outstanding else 1 << 62
@@ -1234,7 +1346,7 @@ class Ring:
                     break
                 if tail - pos > cap:
                     self._check_positions(pos, tail)
-            if at_start and not sem.try_acquire():
+            if at_start and pos >= counted_from and not sem.try_acquire():
                 break  # published, but its count is not posted yet: take it on the next call
             off = pos % cap
             length, rtype, flags, rpos, seq, _user = unpack(mm, data_offset + off)
@@ -1283,7 +1395,7 @@ class Ring:
                 records += stop - skip
                 nbytes += ends[stop - 1] - shift
                 if stop < count:  # the rest waits for the next call; the record stays unreleased
-                    self._batch = _Batch(pos, size, first, begins, ends, stop)
+                    self._batch = _Batch(pos, size, first, begins, ends, stop, seq)
                     partial = (pos, stop)
                     pos += size
                     break
@@ -1294,8 +1406,8 @@ class Ring:
         self._at_group_start = at_start
         self._read_pos = pos
         if records:
-            words[L.W_RECORDS_READ] += records
-            words[L.W_BYTES_READ] += nbytes
+            words[self._w_records_read] += records
+            words[self._w_bytes_read] += nbytes
         self._done(consumed)
         if partial is not None:
             self._done(partial)
@@ -1434,7 +1546,7 @@ class Ring:
             if pos < tail:
                 if tail - pos > self._capacity:
                     self._check_positions(pos, tail)
-                if self._at_group_start and not self._have_token:
+                if self._at_group_start and not self._have_token and pos >= self._counted_from:
                     # The group is published; its count follows at once (or was lost with a
                     # producer that died in between: then go on after one slice).
                     if not sem.try_acquire():
@@ -1451,13 +1563,13 @@ class Ring:
                     end = pos + size
                     self._last_pos = pos
                     self._read_pos = end
-                    words[L.W_RECORDS_READ] += 1
-                    words[L.W_BYTES_READ] += length
+                    words[self._w_records_read] += 1
+                    words[self._w_bytes_read] += length
                     return end, self._data_offset + pos % self._capacity + 32, length
                 if rtype == _BATCH:
                     lengths, first, skip = self._batch_lengths(pos, length, seq)
                     ends = list(_accumulate(lengths))
-                    self._batch = _Batch(pos, size, first, [0, *ends[:-1]], ends, skip)
+                    self._batch = _Batch(pos, size, first, [0, *ends[:-1]], ends, skip, seq)
                     self._at_group_start = bool(flags & L.FLAG_LAST)
                     self._read_pos = pos + size
                     return self._take_pending()
@@ -1474,7 +1586,7 @@ class Ring:
                 raise WouldBlock(f"ring {self.name!r} has no record ready")
             if not waited:
                 waited = True
-                words[L.W_CONSUMER_WAITS] += 1
+                words[self._w_consumer_waits] += 1
                 if timeout is not None:
                     deadline = time.monotonic() + timeout
                 if SPIN_BEFORE_BLOCK and _spin_until_above(words, L.W_TAIL, pos):
@@ -1512,8 +1624,8 @@ class Ring:
         self._last_batch = batch
         words = self._words
         assert words is not None
-        words[L.W_RECORDS_READ] += 1
-        words[L.W_BYTES_READ] += n
+        words[self._w_records_read] += 1
+        words[self._w_bytes_read] += n
         return marker, batch.first + begin, n
 
     def _batch_lengths(self, pos: int, length: int, seq: int) -> tuple[list[int], int, int]:
@@ -1554,13 +1666,13 @@ class Ring:
             self._last_batch.index -= 1
             self._batch = self._last_batch
             self._last_batch = None
-            words[L.W_RECORDS_READ] -= 1
-            words[L.W_BYTES_READ] -= length
+            words[self._w_records_read] -= 1
+            words[self._w_bytes_read] -= length
             return
         self._read_pos = self._last_pos
         self._next_seq = self._last_seq
-        words[L.W_RECORDS_READ] -= 1
-        words[L.W_BYTES_READ] -= length
+        words[self._w_records_read] -= 1
+        words[self._w_bytes_read] -= length
         self._at_group_start = False  # its group's count (if any) was taken already
 
     def _done(self, end: Any) -> None:
@@ -1633,12 +1745,12 @@ class Ring:
         if pinned != self._pinned_reported:
             self._pinned_reported = pinned
             assert self._words is not None
-            self._words[L.W_PINNED] = pinned
+            self._words[self._w_pinned] = pinned
 
     def _set_head(self, head: int) -> None:
         words = self._words
         assert words is not None
-        words[L.W_HEAD] = head
+        words[_W_HEAD] = head
         if words[L.W_PRODUCER_WAITING]:
             sem = self._sem_space
             assert sem is not None
@@ -1649,12 +1761,13 @@ class Ring:
 class _Batch:
     """A batch record being read: item boundaries (relative to ``first``) and the next item."""
 
-    __slots__ = ("begins", "count", "ends", "first", "index", "pos", "size")
+    __slots__ = ("begins", "count", "ends", "first", "index", "pos", "seq", "size")
 
     def __init__(
-        self, pos: int, size: int, first: int, begins: list[int], ends: list[int], index: int
+        self, pos: int, size: int, first: int, begins: list[int], ends: list[int], index: int, seq: int = 0
     ) -> None:
         self.pos = pos
+        self.seq = seq
         self.size = size
         self.first = first
         self.begins = begins
@@ -1675,6 +1788,26 @@ def _weak_callback(method: Any) -> Any:
             bound()
 
     return call
+
+
+# The classes of the other modes live in modules above this one (``_broadcast``, ``_workqueue``)
+# and register here when imported (``mmipc/__init__`` imports them), so imports point down.
+_MODE_CLASSES: dict[int, type[Ring]] = {0: Ring}
+
+
+def register_mode(flag: int, cls: type[Ring]) -> None:
+    """Make ``Ring.create``/``attach`` build ``cls`` for rings whose mode flag is ``flag``."""
+    _MODE_CLASSES[flag] = cls
+
+
+def _ring_class(flags: int) -> type[Ring]:
+    flag = flags & L.RING_MODE_MASK
+    try:
+        return _MODE_CLASSES[flag]
+    except KeyError:
+        raise IncompatibleRegion(
+            f"ring mode {_MODE_NAMES.get(flag, flag)!r} is not available (import mmipc, not mmipc._ring)"
+        ) from None
 
 
 def _rebuild_ring(descriptor: tuple[str, Any]) -> Ring:
