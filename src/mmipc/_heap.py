@@ -346,6 +346,46 @@ class Heap:
         w[self._control + L.H_RECLAIMED] += 1
         return True
 
+    # -- used by the KV region (growth and non-blocking allocation) -----------------------
+
+    def try_alloc(self, nbytes: int, owner: int) -> int:
+        """One allocation attempt (caller holds the lock); the block offset, or -1 if no room."""
+        need = block_size_for(nbytes)
+        if need > self.arena_size:
+            return -1
+        return self._try_alloc(need, nbytes, owner)
+
+    def refresh(self) -> None:
+        """Re-read the mapping and the arena size (after the region was remapped or grown)."""
+        words = self.region.words
+        assert words is not None
+        self._words = words
+        self.arena_size = int(words[self._control + L.H_ARENA_SIZE])
+        self.arena_end = self.arena_start + self.arena_size
+        if self.arena_end > self.region.size or self.arena_size % _ALIGN:
+            raise CorruptionError(f"heap of {self.region.display_name!r}: arena overruns the region")
+
+    def extend(self, new_arena_size: int) -> None:
+        """Grow the arena to ``new_arena_size`` (the mapping already covers it; caller locked).
+
+        A FREE block is written over the new space first, then the arena size is published with
+        one store, so a writer killed in between leaves the old arena intact (redo is idempotent).
+        """
+        self.refresh()
+        old = self.arena_size
+        if new_arena_size <= old:
+            return
+        if new_arena_size % _ALIGN or self.arena_start + new_arena_size > self.region.size:
+            raise ValueError(f"cannot extend the heap of {self.region.display_name!r} to {new_arena_size}")
+        w = self._words
+        i = self.arena_end // 8
+        w[i + L.B_SIZE] = new_arena_size - old
+        w[i + L.B_CHECK] = L.BLOCK_CHECK ^ old
+        w[i + L.B_TICKET] = 0
+        w[i + L.B_STATE] = _FREE
+        w[self._control + L.H_ARENA_SIZE] = new_arena_size
+        self.refresh()
+
     def free(self, offset: int) -> None:
         """Return a block this handle allocated and never published (caller holds the lock)."""
         self._words[offset // 8 + L.B_STATE] = _FREE
