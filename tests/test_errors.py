@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import pickle
 
 import pytest
@@ -22,6 +23,13 @@ BUILTIN_OF = {
     mmipc.BusyError: RuntimeError,
     mmipc.HeapExhausted: mmipc.WaitTimeout,
     mmipc.SerializationError: ValueError,
+    mmipc.KVFull: mmipc.NoSpaceError,
+    mmipc.ReadOnlyError: PermissionError,
+    mmipc.WorkerDied: RuntimeError,
+    mmipc.BrokenPool: concurrent.futures.BrokenExecutor,
+    mmipc.ServerDied: ConnectionError,
+    mmipc.RemoteError: mmipc.MmipcError,
+    mmipc.Lapped: mmipc.MmipcError,
 }
 
 

@@ -13,11 +13,18 @@ keep working::
     ├── RegionNotFound (FileNotFoundError)  no region (or semaphore) of that name or path
     ├── RegionExists (FileExistsError)      ``create`` found the name or path taken
     ├── NoSpaceError (OSError)              the backing store cannot hold the region
+    │   └── KVFull                          a KV region reached its max_size (nothing written)
     ├── IncompatibleRegion (ValueError)     not an mmipc region, other version/kind, truncated,
     │   │                                   still initializing, unlinked
     │   └── CorruptionError                 inconsistent header or record (random bytes, torn file)
     ├── RecordTooLarge (ValueError)         a record that the ring can never hold
     ├── BusyError (RuntimeError)            a role (single writer, consumer) held by a live peer
+    ├── WorkerDied (RuntimeError)           a pool worker died while running the task (pid, signal)
+    ├── BrokenPool (BrokenExecutor)         a pool that cannot run tasks any more (initializer failed)
+    ├── ReadOnlyError (PermissionError)     a write through a read-only KV handle
+    ├── Lapped                              a broadcast subscriber was cut loose (``missed``)
+    ├── ServerDied (ConnectionError)        the server that took a request died before replying
+    ├── RemoteError                         another process's error (carries its traceback)
     └── SerializationError (ValueError)     an object that cannot be serialized (nothing was
                                             sent) or a record that cannot be rebuilt
 
@@ -131,3 +138,116 @@ class SerializationError(MmipcError, ValueError):
 
 
 __all__ += ["HeapExhausted", "SerializationError"]
+
+
+class KVFull(NoSpaceError):
+    """A KV region cannot hold a write: it reached its ``max_size`` (or the backing store is full).
+
+    Nothing was written: the key keeps its previous value. The message names the sizes.
+    """
+
+    __module__ = "mmipc"
+
+
+__all__ += ["KVFull"]
+
+
+class Lapped(MmipcError):
+    """A broadcast subscriber fell too far behind and was cut loose (``untether_after``).
+
+    ``missed`` is the number of records published after the last record this subscriber
+    received and before it rejoined: the subscriber has already rejoined at the head, so the
+    next receive call returns the next record published. Raised once per lap.
+    """
+
+    __module__ = "mmipc"
+
+    def __init__(self, message: str, missed: int = 0) -> None:
+        super().__init__(message)
+        self.missed = missed
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.missed))
+
+
+__all__ += ["Lapped"]
+
+
+class ReadOnlyError(MmipcError, PermissionError):
+    """A write through a handle attached with ``readonly=True``."""
+
+    __module__ = "mmipc"
+
+
+__all__ += ["ReadOnlyError"]
+
+
+class WorkerDied(MmipcError, RuntimeError):
+    """A :class:`~mmipc.Pool` worker died (signal, ``os._exit``) while it was running the task.
+
+    Set on the future of the task the worker was running; the pool replaced the worker and every
+    other task goes on. ``pid``, ``exitcode`` (negative: killed by signal ``-exitcode``) and
+    ``signal_name`` (``"SIGKILL"``, or ``None`` for a plain exit) name what happened.
+    """
+
+    __module__ = "mmipc"
+
+    def __init__(self, message: str, pid: int = 0, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    @property
+    def signal_name(self) -> str | None:
+        import signal
+
+        if self.exitcode is None or self.exitcode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.exitcode).name
+        except ValueError:
+            return f"signal {-self.exitcode}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.pid, self.exitcode))
+
+
+def _broken_executor_base() -> type[RuntimeError]:
+    from concurrent.futures import BrokenExecutor
+
+    return BrokenExecutor
+
+
+class BrokenPool(MmipcError, _broken_executor_base()):  # type: ignore[misc]
+    """A :class:`~mmipc.Pool` can run no more tasks (a worker's initializer failed or it died
+    before it was ready). Pending and running tasks fail with it; ``submit`` raises it.
+
+    A subclass of :class:`concurrent.futures.BrokenExecutor`, like ``BrokenProcessPool``.
+    """
+
+    __module__ = "mmipc"
+
+
+__all__ += ["BrokenPool", "WorkerDied"]
+
+
+class ServerDied(MmipcError, ConnectionError):
+    """The server process that may have taken a request died or left before replying.
+
+    Raised by :meth:`~mmipc.Client.call`; the request may or may not have run.
+    """
+
+    __module__ = "mmipc"
+
+
+class RemoteError(MmipcError):
+    """An error that happened in another process; its message carries the remote traceback.
+
+    A request handler's exception reaches :meth:`~mmipc.Client.call` as itself, with a
+    ``RemoteError`` holding the server's formatted traceback as its ``__cause__``.
+    """
+
+    __module__ = "mmipc"
+
+
+__all__ += ["RemoteError", "ServerDied"]
