@@ -56,6 +56,8 @@ from ._region import Region
 from ._ring import _PRIVATE, RecordInfo, Ring, _Received, register_mode
 from ._semaphore import SLICE, Semaphore, semaphore_name, unlink_semaphore
 from ._views import tracked_view
+from ._wait import WaitStrategy
+from ._wait import resolve as resolve_wait
 
 __all__ = ["Subscriber", "SubscriberStats"]
 
@@ -401,6 +403,7 @@ class _BroadcastRing(Ring):
             raise WouldBlock(self._full_message(end, head))
         words[L.W_PRODUCER_WAITS] += 1
         deadline = None if timeout is None else time.monotonic() + timeout
+        poll_until = time.monotonic() + min(self._wait.poll, 1.0)
         sem = self._sem_space
         assert sem is not None
         words[L.W_PRODUCER_WAITING] = 1
@@ -413,7 +416,14 @@ class _BroadcastRing(Ring):
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
                         raise WaitTimeout(self._full_message(end, head) + f" after {timeout} s")
-                sem.acquire(wait)
+                strategy = self._wait
+                if strategy.spins or (strategy.poll and time.monotonic() < poll_until):
+                    # Polling strategies (x86-64, _wait): the limit is the slowest cursor, which
+                    # only a recomputation sees; recompute instead of sleeping (for a while).
+                    if not strategy.spins:
+                        os.sched_yield()
+                else:
+                    sem.acquire(wait)
                 if self._closed:
                     raise ClosedError(f"ring {self.name!r} is closed")
                 head = self._recompute_head(end)
@@ -449,7 +459,11 @@ class _SubscriberReceived(_Received):
             raise RuntimeError("a received record can be entered only once")
         sub = self._ring
         assert isinstance(sub, Subscriber)
-        view, entry = sub._take_view(self._timeout, self._nowait)
+        view: memoryview
+        if self._wait is not None:
+            view, entry = sub._with_wait(self._wait, sub._take_view, self._timeout, self._nowait)
+        else:
+            view, entry = sub._take_view(self._timeout, self._nowait)
         self._entry = entry
         return view
 
@@ -761,13 +775,13 @@ class Subscriber(_BroadcastRing):
         self._record_delivered(True)
         return view, entry
 
-    def recv(self, timeout: float | None = None) -> _Received:
+    def recv(self, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> _Received:
         """Receive the next record as a read-only zero-copy view (``with sub.recv() as view:``).
 
         As :meth:`Ring.recv`. While the subscriber holds views, it is never cut loose (it
         holds the producer back instead).
         """
-        return _SubscriberReceived(self, timeout, False)
+        return _SubscriberReceived(self, timeout, False, None if wait is None else resolve_wait(wait))
 
     def recv_nowait(self) -> _Received:
         """:meth:`recv` that raises :class:`WouldBlock` if no record is ready."""
@@ -789,8 +803,10 @@ class Subscriber(_BroadcastRing):
     def _set_skip(self, marker: tuple[int, int]) -> None:
         pass  # the cursor stays at a batch record until all its items are released
 
-    def recv_bytes(self, timeout: float | None = None) -> bytes:
+    def recv_bytes(self, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> bytes:
         """Receive the next record as ``bytes`` (one copy)."""
+        if wait is not None:
+            return self._with_wait(wait, self.recv_bytes, timeout)  # type: ignore[no-any-return]
         end, start, length = self._take(timeout, False)
         data = self._mm[start : start + length]  # type: ignore[index]
         self._copy_ok()
@@ -807,8 +823,12 @@ class Subscriber(_BroadcastRing):
         self._record_delivered(True)
         return data
 
-    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+    def recv_into(
+        self, buffer: Any, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+    ) -> int:
         """Copy the next record into a writable ``buffer``; return its length."""
+        if wait is not None:
+            return self._with_wait(wait, self.recv_into, buffer, timeout)  # type: ignore[no-any-return]
         target = memoryview(buffer).cast("B")
         end, start, length = self._take(timeout, False)
         if length > target.nbytes:
@@ -822,10 +842,15 @@ class Subscriber(_BroadcastRing):
         return length
 
     def recv_many(
-        self, max_records: int = 1024, timeout: float | None = None, max_bytes: int = 2 << 20
+        self,
+        max_records: int = 1024,
+        timeout: float | None = None,
+        max_bytes: int = 2 << 20,
+        *,
+        wait: str | WaitStrategy | None = None,
     ) -> list[bytes]:
         """Receive up to ``max_records`` records as ``bytes``, waiting only for the first."""
-        out = super().recv_many(max_records, timeout, max_bytes)
+        out = super().recv_many(max_records, timeout, max_bytes, wait=wait)
         self._copy_ok()
         self._record_delivered(False)
         return out

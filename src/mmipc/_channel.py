@@ -58,6 +58,7 @@ from ._region import Region
 from ._ring import RecordInfo, Ring, RingStats
 from ._serialization import DEFAULT_COPY_THRESHOLD, PickleSerializer, Serializer, resolve_serializer
 from ._views import tracked_view
+from ._wait import WaitStrategy
 
 __all__ = ["Channel", "ChannelStats"]
 
@@ -195,6 +196,7 @@ class Channel:
         permissions: int | None = None,
         max_participants: int = L.DEFAULT_MAX_PARTICIPANTS,
         hugepages: bool = False,
+        wait: str | WaitStrategy | None = None,
     ) -> Channel:
         """Create a channel: a ring of ``capacity`` bytes plus a heap of ``heap_size`` bytes.
 
@@ -213,7 +215,7 @@ class Channel:
         ``heap_size=0``: no heap, everything travels in-band. ``serializer``: ``"pickle"``
         (default, protocol 5), ``"raw"`` (bytes-like only, never runs code on receive), a
         :class:`Serializer` or a ``(dumps, loads)`` pair. Regions are created with permissions ``0600``.
-        ``name``/``path``/``multi_writer``/``hugepages`` as for :meth:`Ring.create`.
+        ``name``/``path``/``multi_writer``/``hugepages``/``wait`` as for :meth:`Ring.create`.
         """
         ser = resolve_serializer(serializer)
         if isinstance(mode, int) and not isinstance(mode, bool):
@@ -257,6 +259,7 @@ class Channel:
                 permissions=perms,
                 max_participants=max_participants,
                 hugepages=hugepages,
+                wait=wait,
             )
         except BaseException:
             if heap_region is not None:
@@ -281,6 +284,7 @@ class Channel:
         path: str | os.PathLike[str] | None = None,
         serializer: Any = None,
         timeout: float = 2.0,
+        wait: str | WaitStrategy | None = None,
     ) -> Channel:
         """Open an existing channel by ``name`` or ``path``.
 
@@ -289,7 +293,7 @@ class Channel:
         :class:`IncompatibleRegion` (for example a plain ring, without a heap),
         :class:`CorruptionError`.
         """
-        ring = Ring.attach(name, path=path, timeout=timeout)
+        ring = Ring.attach(name, path=path, timeout=timeout, wait=wait)
         try:
             try:
                 heap_region = Region.attach(L.KIND_HEAP, timeout=timeout, **_heap_location(name, path))
@@ -363,6 +367,15 @@ class Channel:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def wait(self) -> str:
+        """This handle's wait strategy (``"block"``, ``"adaptive"``, ``"spin"``; settable)."""
+        return self._ring.wait
+
+    @wait.setter
+    def wait(self, wait: str | WaitStrategy) -> None:
+        self._ring.wait = wait  # type: ignore[assignment]
 
     @property
     def mode(self) -> str:
@@ -586,15 +599,18 @@ class Channel:
             self._oob = []
         return stream, buffers
 
-    def send(self, obj: Any, timeout: float | None = None) -> None:
+    def send(self, obj: Any, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> None:
         """Send one object. Waits at most ``timeout`` seconds (``None``: no limit) for space.
 
         Serialization happens first: an object that cannot be serialized raises
         :class:`SerializationError` and nothing is sent. Raises :class:`RecordTooLarge` (the
         message names the size and the capacity or heap_size needed), :class:`WaitTimeout`
         (ring full), :class:`HeapExhausted` (the heap stayed full: it says who holds it),
-        :class:`EndOfStream`, :class:`ClosedError`.
+        :class:`EndOfStream`, :class:`ClosedError`. ``wait``: this call's wait strategy.
         """
+        if wait is not None:
+            self._ring._with_wait(wait, self.send, obj, timeout)
+            return
         if self._closed:
             raise ClosedError(f"channel {self.name!r} is closed")
         if self._pickle_fast and type(obj) not in _SLOW_TYPES:
@@ -819,7 +835,9 @@ class Channel:
             self._deferred_error = None
             raise error
 
-    def recv(self, timeout: float | None = None, *, copy: bool = False) -> Any:
+    def recv(
+        self, timeout: float | None = None, *, copy: bool = False, wait: str | WaitStrategy | None = None
+    ) -> Any:
         """Receive the next object, waiting at most ``timeout`` seconds (``None``: no limit).
 
         Large buffers come back as read-only views of shared memory (numpy arrays with
@@ -829,6 +847,8 @@ class Channel:
         :class:`SerializationError` for one that does not unpickle (the record is consumed;
         the channel stays usable), :class:`ClosedError`.
         """
+        if wait is not None:
+            return self._ring._with_wait(wait, self.recv, timeout, copy=copy)
         if self._queue:
             return self._recv_claimed(timeout, copy, False)
         self._start_recv()
@@ -857,13 +877,20 @@ class Channel:
             self._mark_done()
 
     def recv_many(
-        self, max_objects: int = 1024, timeout: float | None = None, *, copy: bool = False
+        self,
+        max_objects: int = 1024,
+        timeout: float | None = None,
+        *,
+        copy: bool = False,
+        wait: str | WaitStrategy | None = None,
     ) -> list[Any]:
         """Receive up to ``max_objects`` objects, waiting only for the first.
 
         Objects rebuilt before a record that fails are returned; that record's error is raised
         by the next receive call, and nothing after it is lost.
         """
+        if wait is not None:
+            return self._ring._with_wait(wait, self.recv_many, max_objects, timeout, copy=copy)  # type: ignore[no-any-return]
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
         if self._queue:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import array
 import os
-import platform
 import sys
 import time
 import weakref
@@ -61,6 +60,9 @@ from ._liveness import Participants
 from ._region import Region
 from ._semaphore import SLICE, Semaphore, semaphore_name, unlink_semaphore
 from ._views import tracked_view
+from ._wait import DEFAULT as _DEFAULT_WAIT
+from ._wait import WaitStrategy, poll_until_above
+from ._wait import resolve as _resolve_wait
 
 if TYPE_CHECKING:  # the broadcast module builds on this one (imports point down)
     from ._broadcast import Subscriber
@@ -72,26 +74,18 @@ __all__ = ["RecordInfo", "Ring", "RingStats", "register_mode"]
 LOCK_CHECK_INTERVAL = 0.05
 LOCK_STALE_AFTER = 0.5
 
-# Before sleeping on a semaphore, a waiter polls the shared position for up to SPIN_SECONDS
-# (yielding the CPU between polls): a cross-process wake-up costs 25-50 us on a VM, and a peer
-# that is busy usually moves the position sooner. Only where the CPU keeps loads ordered with
-# later stores (x86-64, TSO): a producer that saw ``head`` move may then overwrite the space. The
-# consumer still takes the semaphore count of every group after seeing ``tail`` move, so the
-# hand-off that orders memory (DESIGN.md 3.2) is unchanged. Elsewhere waiters block at once.
-SPIN_BEFORE_BLOCK = platform.machine().lower() in ("x86_64", "amd64")
-SPIN_SECONDS = 100e-6
 
-
-def _spin_until_above(words: memoryview, index: int, value: int) -> bool:
-    """Poll ``words[index]`` for up to SPIN_SECONDS; return whether it became > ``value``."""
-    clock = time.perf_counter
-    deadline = clock() + SPIN_SECONDS
-    yield_cpu = os.sched_yield
-    while clock() < deadline:
-        if words[index] > value:
-            return True
-        yield_cpu()
-    return words[index] > value
+def _spin_for_count(sem: Semaphore) -> None:
+    """Spin (wait strategy "spin") until the count a producer posts right after publishing is
+    there, then take it: a blocking wait would cost a cross-process wake-up."""
+    clock = time.monotonic
+    stop = clock() + SLICE
+    while not sem.try_acquire():
+        if clock() >= stop:
+            sem.acquire(SLICE)  # lost with a producer that died in between: go on after a slice
+            return
+        while sem.value == 0 and clock() < stop:
+            pass
 
 
 _RECORD = L.RECORD
@@ -193,13 +187,16 @@ def _sem_names(nonce: int) -> tuple[str, str, str]:
 class _Reservation:
     """Context manager returned by :meth:`Ring.reserve`."""
 
-    __slots__ = ("_nbytes", "_nowait", "_pos", "_ring", "_timeout", "_view")
+    __slots__ = ("_nbytes", "_nowait", "_pos", "_ring", "_timeout", "_view", "_wait")
 
-    def __init__(self, ring: Ring, nbytes: int, timeout: float | None, nowait: bool) -> None:
+    def __init__(
+        self, ring: Ring, nbytes: int, timeout: float | None, nowait: bool, wait: WaitStrategy | None = None
+    ) -> None:
         self._ring = ring
         self._nbytes = nbytes
         self._timeout = timeout
         self._nowait = nowait
+        self._wait = wait
         self._view: memoryview | None = None
 
     def __enter__(self) -> memoryview:
@@ -207,12 +204,18 @@ class _Reservation:
             raise RuntimeError("a reservation can be entered only once")
         ring = self._ring
         size = ring._check_size(self._nbytes)
-        pos = ring._writer_enter(self._timeout, self._nowait)
+        saved = ring._wait
+        if self._wait is not None:
+            ring._wait = self._wait
         try:
-            pos = ring._make_room(pos, size, self._timeout, self._nowait)
-        except BaseException:
-            ring._writer_exit()
-            raise
+            pos = ring._writer_enter(self._timeout, self._nowait)
+            try:
+                pos = ring._make_room(pos, size, self._timeout, self._nowait)
+            except BaseException:
+                ring._writer_exit()
+                raise
+        finally:
+            ring._wait = saved
         start = ring._data_offset + pos % ring._capacity + L.RECORD_HEADER_SIZE
         self._pos = pos
         assert ring._buf is not None
@@ -253,19 +256,25 @@ class _Reservation:
 class _Received:
     """Context manager returned by :meth:`Ring.recv`."""
 
-    __slots__ = ("_entry", "_nowait", "_ring", "_timeout")
+    __slots__ = ("_entry", "_nowait", "_ring", "_timeout", "_wait")
 
-    def __init__(self, ring: Ring, timeout: float | None, nowait: bool) -> None:
+    def __init__(
+        self, ring: Ring, timeout: float | None, nowait: bool, wait: WaitStrategy | None = None
+    ) -> None:
         self._ring = ring
         self._timeout = timeout
         self._nowait = nowait
+        self._wait = wait
         self._entry: list[Any] | None = None
 
     def __enter__(self) -> memoryview:
         if self._entry is not None:
             raise RuntimeError("a received record can be entered only once")
         ring = self._ring
-        end, start, length = ring._take(self._timeout, self._nowait)
+        if self._wait is not None:
+            end, start, length = ring._with_wait(self._wait, ring._take, self._timeout, self._nowait)
+        else:
+            end, start, length = ring._take(self._timeout, self._nowait)
         assert ring._mm is not None
         view, ref = tracked_view(ring._mm, start, length)
         entry = [end, view, ref, False]
@@ -344,6 +353,7 @@ class Ring:
         self._w_consumer_waits = L.W_CONSUMER_WAITS
         self._w_pinned = L.W_PINNED
         self._counted_from = 0
+        self._wait: WaitStrategy = _DEFAULT_WAIT
         region.fork_callbacks.append(_weak_callback(self._after_fork_in_child))
 
     @classmethod
@@ -359,6 +369,7 @@ class Ring:
         permissions: int | None = None,
         max_participants: int = L.DEFAULT_MAX_PARTICIPANTS,
         hugepages: bool = False,
+        wait: str | WaitStrategy | None = None,
     ) -> Ring:
         """Create a ring holding ``capacity`` bytes of records (rounded up to 32).
 
@@ -373,10 +384,13 @@ class Ring:
         the producer waits for the slowest subscriber. ``permissions``: of the created objects
         (default ``0o600``; an ``int`` given as ``mode`` is accepted as permissions too).
         ``hugepages`` asks the kernel for transparent huge pages (``madvise``) for large rings.
-        The largest record payload is ``capacity - 32`` bytes.
+        The largest record payload is ``capacity - 32`` bytes. ``wait``: this handle's wait
+        strategy, ``"block"``, ``"adaptive"`` (the default on x86-64) or ``"spin"``
+        (``docs/latency.md``).
 
         Raises :class:`RegionExists`, :class:`NoSpaceError`, ``ValueError``.
         """
+        strategy = _resolve_wait(wait)
         if isinstance(mode, int) and not isinstance(mode, bool):
             if permissions is not None:
                 raise ValueError("give the permissions once (permissions=), not also as mode=")
@@ -413,6 +427,7 @@ class Ring:
         )
         try:
             ring = _ring_class(region.header()["flags"])(region, _token=_PRIVATE)
+            ring._wait = strategy
             ring._join(create_mode=permissions)
         except BaseException:
             region.unlink_name()
@@ -429,19 +444,22 @@ class Ring:
         *,
         path: str | os.PathLike[str] | None = None,
         timeout: float = 2.0,
+        wait: str | WaitStrategy | None = None,
     ) -> Ring:
         """Open an existing ring by ``name`` or ``path``.
 
-        Waits up to ``timeout`` seconds for a ring that is still being created. Raises
-        :class:`RegionNotFound`, :class:`IncompatibleRegion` or :class:`CorruptionError`.
+        Waits up to ``timeout`` seconds for a ring that is still being created. ``wait``: this
+        handle's wait strategy (see :meth:`create`). Raises :class:`RegionNotFound`,
+        :class:`IncompatibleRegion` or :class:`CorruptionError`.
         """
         if (name is None) == (path is None):
             raise ValueError("Ring.attach needs a name or a path (anonymous rings travel by pickling)")
+        strategy = _resolve_wait(wait)
         region = Region.attach(L.KIND_RING, name=name, path=path, timeout=timeout)
-        return cls._from_region(region)
+        return cls._from_region(region, strategy)
 
     @classmethod
-    def _from_region(cls, region: Region) -> Ring:
+    def _from_region(cls, region: Region, wait: WaitStrategy = _DEFAULT_WAIT) -> Ring:
         try:
             flags = region.header()["flags"]
             if flags & ~L.RING_KNOWN_FLAGS or (flags & L.RING_MODE_MASK) == L.RING_MODE_MASK:
@@ -450,6 +468,7 @@ class Ring:
                     "(a newer layout?)"
                 )
             ring = _ring_class(flags)(region, _token=_PRIVATE)
+            ring._wait = wait
             ring._join(create_mode=None)
         except BaseException:
             region.close()
@@ -567,10 +586,28 @@ class Ring:
             f"{' ended' if words[L.W_END_OF_STREAM] else ''}>"
         )
 
+    @property
+    def wait(self) -> str:
+        """This handle's wait strategy: ``"block"``, ``"adaptive"`` or ``"spin"`` (settable)."""
+        return self._wait.name
+
+    @wait.setter
+    def wait(self, wait: str | WaitStrategy) -> None:
+        self._wait = _resolve_wait(wait)
+
+    def _with_wait(self, wait: str | WaitStrategy, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` with this handle's strategy set to ``wait`` for the duration."""
+        saved = self._wait
+        self._wait = _resolve_wait(wait)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self._wait = saved
+
     def __reduce__(self) -> tuple[Any, ...]:
         if self._closed:
             raise ClosedError(f"ring {self.name!r} is closed and cannot be pickled")
-        return (_rebuild_ring, (self._region.descriptor(),))
+        return (_rebuild_ring, (self._region.descriptor(), self._wait))
 
     def __enter__(self) -> Ring:
         return self
@@ -715,7 +752,9 @@ class Ring:
             )
         return L.record_size(nbytes)
 
-    def reserve(self, nbytes: int, timeout: float | None = None) -> _Reservation:
+    def reserve(
+        self, nbytes: int, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+    ) -> _Reservation:
         """Reserve a record of exactly ``nbytes`` and write it in place.
 
         Use as ``with ring.reserve(n) as buf: buf[:] = ...``: ``buf`` is a writable memoryview
@@ -724,19 +763,25 @@ class Ring:
         takes at most ``timeout`` seconds (``None``: no limit), then raises :class:`WaitTimeout`.
         Do not use ``buf`` after the block.
         """
-        return _Reservation(self, nbytes, timeout, False)
+        return _Reservation(self, nbytes, timeout, False, None if wait is None else _resolve_wait(wait))
 
     def reserve_nowait(self, nbytes: int) -> _Reservation:
         """:meth:`reserve` that raises :class:`WouldBlock` instead of waiting."""
         return _Reservation(self, nbytes, 0.0, True)
 
-    def send(self, data: Any, timeout: float | None = None) -> None:
+    def send(
+        self, data: Any, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+    ) -> None:
         """Copy a bytes-like object into one record (one memcpy).
 
-        Waits at most ``timeout`` seconds for space (and for the writer lock); raises
-        :class:`WaitTimeout`, :class:`RecordTooLarge`, :class:`EndOfStream` once the stream was
-        ended, :class:`ClosedError`.
+        Waits at most ``timeout`` seconds for space (and for the writer lock), with the wait
+        strategy ``wait`` (default: the handle's); raises :class:`WaitTimeout`,
+        :class:`RecordTooLarge`, :class:`EndOfStream` once the stream was ended,
+        :class:`ClosedError`.
         """
+        if wait is not None:
+            self._with_wait(wait, self.send, data, timeout)
+            return
         if self._writer_role:
             # Fast path: the single writer already holds its role, and the record fits without
             # padding or waiting. Anything else goes through _send (same steps, all checks).
@@ -796,7 +841,9 @@ class Ring:
             if self._multi_writer:
                 self._writer_exit()
 
-    def send_many(self, items: Iterable[Any], timeout: float | None = None) -> int:
+    def send_many(
+        self, items: Iterable[Any], timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+    ) -> int:
         """Send many bytes-like objects with one lock, one publish and one post per ring-full.
 
         Returns the number of items sent. Every size is checked before anything is written.
@@ -806,6 +853,8 @@ class Ring:
         returns the items one by one, in order, each with its own sequence number. On timeout,
         the items sent so far stay sent and :class:`WaitTimeout` says how many.
         """
+        if wait is not None:
+            return self._with_wait(wait, self.send_many, items, timeout)  # type: ignore[no-any-return]
         items = list(items)
         if not items:
             return 0
@@ -1161,16 +1210,26 @@ class Ring:
         if nowait:
             raise WouldBlock(self._full_message(end, head))
         words[L.W_PRODUCER_WAITS] += 1
-        if SPIN_BEFORE_BLOCK:
-            # Poll for room, asking for an eighth of the ring more than this record needs, so
-            # that a fast consumer frees a batch of records per poll instead of one at a time.
-            need = end - cap
-            _spin_until_above(words, L.W_HEAD, min(need + (cap >> 3), words[L.W_TAIL]) - 1)
-            head = words[L.W_HEAD]
-            if head >= need:
-                self._head_cache = head
-                return
+        strategy = self._wait
         deadline = None if timeout is None else time.monotonic() + timeout
+        need = end - cap
+        if strategy.poll:
+            # Poll for room (x86-64 only, _wait), asking for an eighth of the ring more than
+            # this record needs, so that a fast consumer frees a batch of records per poll.
+            while True:
+                poll_until_above(
+                    words, L.W_HEAD, min(need + (cap >> 3), words[L.W_TAIL]) - 1, strategy, deadline
+                )
+                head = words[L.W_HEAD]
+                if head >= need:
+                    self._head_cache = head
+                    return
+                if not strategy.spins:
+                    break
+                if self._closed:
+                    raise ClosedError(f"ring {self.name!r} is closed")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(self._full_message(end, head) + f" after {timeout} s")
         sem = self._sem_space
         assert sem is not None
         words[L.W_PRODUCER_WAITING] = 1
@@ -1203,7 +1262,7 @@ class Ring:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def recv(self, timeout: float | None = None) -> _Received:
+    def recv(self, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> _Received:
         """Receive the next record as a read-only zero-copy view.
 
         Use as ``with ring.recv() as view: ...``. Waiting happens on entering the block, at
@@ -1211,15 +1270,18 @@ class Ring:
         released when the block exits; if something made from the view (a numpy array, a
         slice) is still alive then, the record stays pinned until it is collected, and so does
         every record after it. Raises :class:`EndOfStream` once the stream was ended and drained.
+        ``wait``: the wait strategy of this call (default: the handle's, :attr:`wait`).
         """
-        return _Received(self, timeout, False)
+        return _Received(self, timeout, False, None if wait is None else _resolve_wait(wait))
 
     def recv_nowait(self) -> _Received:
         """:meth:`recv` that raises :class:`WouldBlock` if no record is ready."""
         return _Received(self, 0.0, True)
 
-    def recv_bytes(self, timeout: float | None = None) -> bytes:
+    def recv_bytes(self, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> bytes:
         """Receive the next record as ``bytes`` (one copy) and release it at once."""
+        if wait is not None:
+            return self._with_wait(wait, self.recv_bytes, timeout)  # type: ignore[no-any-return]
         if self._consumer_role and not self._outstanding and self._batch is None:
             # Fast path: a data record is ready and passes every check of _read_header and
             # _take; anything else (waiting, padding, end of stream, errors) takes _take.
@@ -1270,11 +1332,15 @@ class Ring:
         self._done(end)
         return data
 
-    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+    def recv_into(
+        self, buffer: Any, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+    ) -> int:
         """Copy the next record into a writable ``buffer``; return its length.
 
         A record larger than ``buffer`` raises ``ValueError`` and stays unreceived.
         """
+        if wait is not None:
+            return self._with_wait(wait, self.recv_into, buffer, timeout)  # type: ignore[no-any-return]
         target = memoryview(buffer).cast("B")
         end, start, length = self._take(timeout, False)
         if length > target.nbytes:
@@ -1286,7 +1352,12 @@ class Ring:
         return length
 
     def recv_many(
-        self, max_records: int = 1024, timeout: float | None = None, max_bytes: int = 2 << 20
+        self,
+        max_records: int = 1024,
+        timeout: float | None = None,
+        max_bytes: int = 2 << 20,
+        *,
+        wait: str | WaitStrategy | None = None,
     ) -> list[bytes]:
         """Receive up to ``max_records`` records as ``bytes``, waiting only for the first.
 
@@ -1299,6 +1370,8 @@ class Ring:
         released every eighth of the capacity, so a producer waiting for room goes on while a
         long batch is still being copied.
         """
+        if wait is not None:
+            return self._with_wait(wait, self.recv_many, max_records, timeout, max_bytes)  # type: ignore[no-any-return]
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
         end, start, length = self._take(timeout, False)
@@ -1550,7 +1623,10 @@ class Ring:
                     # The group is published; its count follows at once (or was lost with a
                     # producer that died in between: then go on after one slice).
                     if not sem.try_acquire():
-                        sem.acquire(SLICE)
+                        if self._wait.spins:
+                            _spin_for_count(sem)
+                        else:
+                            sem.acquire(SLICE)
                 self._have_token = False
                 length, rtype, flags, size, seq = self._read_header(pos, tail)
                 if rtype == _DATA:
@@ -1584,13 +1660,24 @@ class Ring:
             self._have_token = False
             if nowait:
                 raise WouldBlock(f"ring {self.name!r} has no record ready")
+            strategy = self._wait
             if not waited:
                 waited = True
                 words[self._w_consumer_waits] += 1
                 if timeout is not None:
                     deadline = time.monotonic() + timeout
-                if SPIN_BEFORE_BLOCK and _spin_until_above(words, L.W_TAIL, pos):
+                if strategy.poll and poll_until_above(words, _W_TAIL, pos, strategy, deadline):
                     continue  # published meanwhile: take its count in the loop above
+            elif strategy.spins and poll_until_above(words, _W_TAIL, pos, strategy, deadline):
+                continue
+            if strategy.spins:  # never sleeps: a slice of polling passed, check and poll again
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"no record arrived in ring {self.name!r} within {timeout} s")
+                if out and out[0][3]:
+                    self._advance()
+                if self._closed:
+                    raise ClosedError(f"ring {self.name!r} is closed")
+                continue
             wait = SLICE
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
@@ -1810,5 +1897,5 @@ def _ring_class(flags: int) -> type[Ring]:
         ) from None
 
 
-def _rebuild_ring(descriptor: tuple[str, Any]) -> Ring:
-    return Ring._from_region(Region.from_descriptor(L.KIND_RING, descriptor))
+def _rebuild_ring(descriptor: tuple[str, Any], wait: WaitStrategy = _DEFAULT_WAIT) -> Ring:
+    return Ring._from_region(Region.from_descriptor(L.KIND_RING, descriptor), wait)

@@ -46,6 +46,7 @@ from ._errors import ClosedError, CorruptionError, EndOfStream, MmipcError, Wait
 from ._region import Region
 from ._ring import RecordInfo, Ring, register_mode
 from ._semaphore import SLICE
+from ._wait import WaitStrategy, poll_until_above
 
 __all__: list[str] = []
 
@@ -129,6 +130,19 @@ class _QueueRing(Ring):
             raise WouldBlock(self._full_message(end, head))
         words[L.W_PRODUCER_WAITS] += 1
         deadline = None if timeout is None else time.monotonic() + timeout
+        strategy = self._wait
+        if strategy.poll:
+            while True:  # poll for room (wait strategies, _wait)
+                if poll_until_above(words, L.W_HEAD, end - cap - 1, strategy, deadline):
+                    self._head_cache = words[L.W_HEAD]
+                    return
+                if not strategy.spins:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(self._full_message(end, int(words[L.W_HEAD])) + f" after {timeout} s")
+                if self._closed:
+                    raise ClosedError(f"ring {self.name!r} is closed")
+                self._maintain(reap=True)
         sem = self._sem_space
         assert sem is not None
         words[L.W_PRODUCER_WAITING] = 1
@@ -404,11 +418,24 @@ class _QueueRing(Ring):
             if nowait:
                 raise WouldBlock(f"queue ring {self.name!r} has no record ready")
             now = time.monotonic()
+            strategy = self._wait
+            first_wait = not waited
             if not waited:
                 waited = True
                 words[self._w_consumer_waits] += 1
             if now >= self._next_maintenance:
                 self._maintain(reap=True)
+            if strategy.poll and (first_wait or strategy.spins):
+                # Poll for a record past the claim position (wait strategies, _wait); then the
+                # claim above takes it (and its count, if there is one).
+                if poll_until_above(words, L.W_TAIL, int(words[L.W_Q_CLAIM]), strategy, deadline):
+                    continue
+                if strategy.spins:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise WaitTimeout(f"no record arrived in queue ring {self.name!r} within {timeout} s")
+                    if self._closed:
+                        raise ClosedError(f"ring {self.name!r} is closed")
+                    continue
             wait = SLICE
             if deadline is not None:
                 wait = min(wait, deadline - now)
@@ -494,17 +521,26 @@ class _QueueRing(Ring):
         """:class:`RecordInfo` of every record the last receive call returned, in order."""
         return list(self._last_infos)
 
-    def recv_bytes(self, timeout: float | None = None) -> bytes:
+    def recv_bytes(self, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> bytes:
         """Claim the next record and return it as ``bytes`` (released at once)."""
+        if wait is not None:
+            return self._with_wait(wait, self.recv_bytes, timeout)  # type: ignore[no-any-return]
         pos, start, length = self._take(timeout, False)
         data = self._mm[start : start + length]  # type: ignore[index]
         self._release_record(pos)
         return data
 
     def recv_many(
-        self, max_records: int = 1024, timeout: float | None = None, max_bytes: int = 2 << 20
+        self,
+        max_records: int = 1024,
+        timeout: float | None = None,
+        max_bytes: int = 2 << 20,
+        *,
+        wait: str | WaitStrategy | None = None,
     ) -> list[bytes]:
         """Claim up to ``max_records`` records (one claim-lock hold), waiting only for the first."""
+        if wait is not None:
+            return self._with_wait(wait, self.recv_many, max_records, timeout, max_bytes)  # type: ignore[no-any-return]
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
         pos, start, length = self._take(timeout, False)
