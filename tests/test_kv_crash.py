@@ -131,6 +131,101 @@ def test_writer_killed_at_any_store_is_finished_or_rolled_back(
     assert killed >= len(points) - 2
 
 
+_REPLACED = 6
+
+
+def _replacements() -> list[tuple[str, bytes]]:
+    return [(f"k{i}", (b"v%d-%d" % (r, i)) * (3 + r)) for r in range(1, 4) for i in range(_REPLACED)]
+
+
+def _replacing_batch(kv: mmipc.KV, kill_at: int) -> int:
+    """A batch that replaces every key three times (its old blocks wait in the batch's private
+    retirement list, flushed every RECLAIM_EVERY puts), deletes one and puts it back; SIGKILLed
+    at the ``kill_at``-th shared store (0: never). Returns the number of stores."""
+    counter = [0]
+    real_acquire = kv._acquire
+
+    def acquire() -> None:
+        real_acquire()
+        if not isinstance(kv._words, child._KillingWords):
+            kv._words = child._KillingWords(kv._words, counter, kill_at)  # type: ignore[arg-type,assignment]
+            kv._heap._words = child._KillingWords(kv._heap._words, counter, kill_at)  # type: ignore[assignment]
+
+    kv._acquire = acquire  # type: ignore[method-assign]
+    try:
+        with kv.batch():
+            for k, v in _replacements():
+                kv[k] = v
+                time.sleep(0.0003)  # grace periods pass: reclaims happen inside the batch
+            del kv["k0"]
+            kv["k0"] = b"again"
+    finally:
+        kv._acquire = real_acquire  # type: ignore[method-assign]
+        kv._words = kv._region.words
+        kv._heap.refresh()
+    return counter[0]
+
+
+def _killed_replacing_batch(kv: mmipc.KV, kill_at: int, every: int) -> None:
+    _kv.RECLAIM_EVERY = every
+    _replacing_batch(kv, kill_at)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("every", [1, 64])
+def test_batch_of_replacements_killed_at_any_store(every: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replaced blocks retired at the end of a batch (not one by one) are neither leaked nor
+    freed under a reader when the writer dies anywhere in the batch."""
+    _fast_lock_checks(monkeypatch)
+    monkeypatch.setattr(_kv, "RECLAIM_EVERY", every)
+
+    def setup() -> mmipc.KV:
+        kv = mmipc.KV.create(1 << 16, max_keys=64)
+        for i in range(_REPLACED):
+            kv[f"k{i}"] = b"v0-%d" % i * 3
+        return kv
+
+    states = [{f"k{i}": b"v0-%d" % i * 3 for i in range(_REPLACED)}]
+    for k, v in _replacements():
+        states.append({**states[-1], k: v})
+    states.append({k: v for k, v in states[-1].items() if k != "k0"})
+    states.append({**states[-1], "k0": b"again"})
+    kv = setup()
+    try:
+        total = _replacing_batch(kv, 0)
+        assert dict(kv.items()) == states[-1]
+    finally:
+        cleanup_kv(kv)
+    step = max(1, total // (2 * MAX_POINTS))
+    killed = 0
+    for kill_at in sorted(set(range(1, total + 1, step)) | {total}):
+        kv = setup()
+        try:
+            p = FORK.Process(target=_killed_replacing_batch, args=(kv, kill_at, every))
+            p.start()
+            p.join(60)
+            assert p.exitcode in (0, -9), p.exitcode
+            killed += p.exitcode == -9
+            seen = {k: v for k in states[0] if (v := kv.get(k)) is not None}
+            assert seen in states, f"killed at store {kill_at}/{total}: {seen}"
+            kv["probe"] = b"p"
+            del kv["probe"]
+            contents = dict(kv.items())
+            assert contents in states and states.index(contents) >= states.index(seen)
+            kv._check(repair=False, verify=True)
+            assert_no_leaks(kv)
+            stats = kv.stats()
+            assert stats.keys == len(contents)
+            assert stats.bytes_live == sum(len(k) + len(v) for k, v in contents.items())
+            for _ in range(3):
+                for k in list(contents):
+                    kv[k] = contents[k]
+            assert dict(kv.items()) == contents
+        finally:
+            cleanup_kv(kv)
+    assert killed >= 2 * MAX_POINTS - 2
+
+
 @pytest.mark.stress
 def test_readers_never_see_torn_values_while_writers_are_killed(make_kv: Any, mp_context: Any) -> None:  # noqa: F811
     """Readers verify every read while writer after writer is SIGKILLed mid-stream."""

@@ -13,7 +13,10 @@ Protocol (DESIGN.md 8; byte layouts in ``_layout``, KV section):
   value, and retry when the sequence word changed (counted in :attr:`KVStats.retries`). The
   index descriptor (block, capacity) is a seqlock of its own, so a reader that raced an index
   rebuild retries too. Every offset a reader derives is bounds-checked against its mapping
-  before it is used, so a reader that raced a writer never faults.
+  before it is used, so a reader that raced a writer never faults. A handle remembers where it
+  last read each key (slot, slot and index sequence words, value bounds): while both sequence
+  words are unchanged the slot still names the same, unchanged block, so the next read of that
+  key copies the value and re-checks them, without probing or comparing the key.
 * Replaced and deleted blocks are *retired*: they go to the deferred-free list tagged with the
   reclamation epoch, which each reclamation pass bumps first. A :meth:`KV.view` pins the epoch
   it saw in its participant slot; a retired block is released to the heap only when every live
@@ -31,6 +34,15 @@ Protocol (DESIGN.md 8; byte layouts in ``_layout``, KV section):
   heap walk while the shared ``heap_walks`` counter shows that no walk (the only thing that
   merges or hands out released blocks) happened since. Overwrites of same-size values thus
   cost no allocator walk.
+* Inside ``batch()`` (the lock held throughout) a put does not retire the block it replaced at
+  once: it keeps it in a private list, recorded in the deferred list every ``RECLAIM_EVERY``
+  puts and when the batch ends (tagged then, with a later epoch and time: the reuse only waits
+  longer), and it leaves the journal naming its completed block instead of clearing it (its
+  roll-forward changes nothing). While the private list is not empty the journal is therefore
+  never idle: if the process dies, the next writer sweeps, and the sweep finds the unrecorded
+  blocks. Every other write, and growth, records the private list first.
+* ``kv[key] = value`` and ``kv[key]`` have inlined fast paths (``__setitem__``,
+  ``__getitem__``); everything unusual falls back to the general code before changing anything.
 * Growth: when the heap has no room, the writer ``ftruncate`` s the file, maps it larger, adds
   the new space to the heap and publishes the new size; other processes map the larger file
   when they meet an offset beyond their mapping (readers) or take the lock (writers). Old
@@ -45,6 +57,7 @@ Protocol (DESIGN.md 8; byte layouts in ``_layout``, KV section):
 
 from __future__ import annotations
 
+import array
 import errno
 import hashlib
 import math
@@ -113,9 +126,37 @@ _J_PUT = L.J_PUT
 _ALLOCATED = L.BLOCK_ALLOCATED
 _DESC_MASK = (1 << 56) - 1
 _DEFERRED_ENTRY = struct.Struct("<QQQ")  # block offset, epoch, retire time (writer-private list)
+_DEFERRED_PACK = _DEFERRED_ENTRY.pack_into
 _monotonic_ns = time.monotonic_ns
 _SLOT_UNPACK = struct.Struct("<QQQQ").unpack_from  # seq, tag, offset, lens of an index slot
 _MISSING: Any = object()
+# Word indices and constants of the hot paths, bound once (a module global is cheaper than
+# ``L.NAME``, an attribute of a module global).
+_W_FLAGS = L.W_KV_FLAGS
+_CHECKSUMS = L.KV_CHECKSUMS
+_W_MAX_KEYS = L.W_KV_MAX_KEYS
+_W_LIVE_KEYS = L.W_KV_LIVE_KEYS
+_W_USED_SLOTS = L.W_KV_USED_SLOTS
+_W_DEFERRED_DESC = L.W_KV_DEFERRED_DESC
+_W_WAITERS = L.W_KV_WAITERS
+_W_MAPPED = L.W_KV_MAPPED
+_W_LOCK_OWNER = L.W_LOCK_OWNER
+_W_LOCK_GRANTS = L.W_LOCK_GRANTS
+_B_STATE = L.B_STATE
+_B_TAG = L.KV_B_TAG
+_B_LENS = L.KV_B_LENS
+_B_SLOT = L.KV_B_SLOT
+_B_SEQ = L.KV_B_SEQ
+_ALIGN_MASK = L.BLOCK_ALIGN - 1
+_MIN_BLOCK = L.MIN_BLOCK
+_LIST_ENTRY = L.KV_DEFERRED_ENTRY_WORDS * 8  # bytes of a deferred-list entry
+assert _DEFERRED_ENTRY.size == _LIST_ENTRY
+
+#: A key as the hot paths use it (cached per handle): key bytes, tag, high bits of the lens
+#: word (str flag and key length), key length, key length padded to 8.
+_Entry: TypeAlias = tuple[bytes, int, int, int, int]
+_NO_PIN = 1 << 64  # "no view pins an epoch": above every epoch
+_W_FIRST_PIN = L.slot_word(0, L.S_KV_PIN)
 
 
 def _always_needed(*_args: Any) -> bool:
@@ -182,7 +223,12 @@ class _View:
         if kv._readonly:
             self._mv = memoryview(kv[self._key])  # no pin possible: a private copy (documented)
             return self._mv
-        kv._pin()
+        w = kv._words
+        if kv._pins or w is None or kv._slot is None:
+            kv._pin()
+        else:  # _pin, inline
+            w[kv._pin_word] = w[_W_EPOCH] + 1
+            kv._pins = 1
         try:
             key = self._key
             entry = kv._keycache.get(key)
@@ -205,8 +251,11 @@ class _View:
                 mv.release()
             except BufferError:
                 pass  # something made from the view is alive: documented as invalid past the block
-        if not self._kv._readonly:
-            self._kv._unpin()
+        kv = self._kv
+        if not kv._readonly:  # _unpin, inline
+            kv._pins -= 1
+            if kv._pins == 0 and kv._words is not None:
+                kv._words[kv._pin_word] = 0
 
 
 class _Batch:
@@ -227,8 +276,10 @@ class _Batch:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         kv = self._kv
-        kv._batch_depth -= 1
-        kv._release()
+        if kv._batch_depth == 1:
+            kv._end_batch()
+        else:
+            kv._batch_depth -= 1
 
 
 class _KVItems(ItemsView[Key, bytes]):
@@ -276,14 +327,22 @@ class KV(MutableMapping[Key, bytes]):
         self._pin_word = 0
         self._lock_state_word = 0
         self._owner = 0
+        self._owned = _ALLOCATED  # the state word of a block this writer allocated
+        self._fast_max = _VMASK  # the largest value of a fast put (-1 with checksums: none)
         self._pins = 0
         self._retries = 0
-        self._keycache: dict[Key, tuple[bytes, int, int]] = {}
+        self._keycache: dict[Key, _Entry] = {}
+        # key -> (slot word, slot seq, value start, value end, index seq) of its last read
+        self._hot: dict[Key, tuple[int, int, int, int, int]] = {}
         self._seed = b""
         self._idx_seen = -1
         self._idx_base = 0
         self._idx_mask = 0
         self._batch_depth = 0
+        # Blocks the puts of the current batch replaced, not yet in the deferred list (the
+        # journal is not idle meanwhile: a successor's sweep finds them if this process dies).
+        self._pending: list[int] = []
+        self._batch_journal = 0  # the journal word the batch's last completed put left
         self._sem_lock: Semaphore | None = None
         self._sem_change: Semaphore | None = None
         self._lock_owner_value = 0
@@ -447,6 +506,7 @@ class KV(MutableMapping[Key, bytes]):
         w = self._words
         assert w is not None
         self._seed = int(w[L.W_KV_SEED]).to_bytes(8, "little")
+        self._fast_max = -1 if w[_W_FLAGS] & _CHECKSUMS else _VMASK
         self._hash_bytes = hashlib.blake2b(digest_size=8, key=self._seed, person=b"b")
         self._hash_str = hashlib.blake2b(digest_size=8, key=self._seed, person=b"s")
         lock_name, change_name = _sem_names(region.nonce)
@@ -508,6 +568,7 @@ class KV(MutableMapping[Key, bytes]):
         w[self._pin_word] = 0
         w[L.slot_word(slot, L.S_KV_WAIT)] = 0
         self._owner = self._heap.owner_of(slot)
+        self._owned = _ALLOCATED | self._owner << 8
         self._lock_owner_value = self._participants.generation(slot) << 16 | (slot + 1)
 
     def _release_slot(self) -> None:
@@ -592,8 +653,7 @@ class KV(MutableMapping[Key, bytes]):
         try:
             if not self._readonly and not region.closed:
                 if self._batch_depth:
-                    self._batch_depth = 0
-                    self._release()
+                    self._end_batch()
                 with self._participants.attach_lock():
                     self._release_slot()
                     if not self._participants.others_alive():
@@ -644,6 +704,8 @@ class KV(MutableMapping[Key, bytes]):
         self._slot = None
         self._pins = 0
         self._batch_depth = 0
+        self._pending = []  # the parent's: it holds the lock, not this child
+        self._batch_journal = 0
         self._lock_owner_value = 0
         if self._closed or self._readonly:
             return
@@ -655,8 +717,9 @@ class KV(MutableMapping[Key, bytes]):
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def _key(self, key: Any) -> tuple[bytes, int, int]:
-        """``(key bytes, tag, high bits of the lens word)``; cached per handle."""
+    def _key(self, key: Any) -> _Entry:
+        """``(key bytes, tag, high bits of the lens word, key length, padded key length)``;
+        cached per handle."""
         entry = self._keycache.get(key) if type(key) in (str, bytes) else None
         if entry is not None:
             return entry
@@ -672,7 +735,7 @@ class KV(MutableMapping[Key, bytes]):
         hasher = (self._hash_str if flag else self._hash_bytes).copy()
         hasher.update(kb)
         tag = int.from_bytes(hasher.digest(), "little")
-        entry = (kb, tag or 1, flag | klen << L.KV_KLEN_SHIFT)
+        entry = (kb, tag or 1, flag | klen << L.KV_KLEN_SHIFT, klen, (klen + 7) & ~7)
         cache = self._keycache
         if len(cache) >= KEY_CACHE_MAX:
             cache.clear()
@@ -759,13 +822,12 @@ class KV(MutableMapping[Key, bytes]):
         self._heap.refresh()
         self._idx_seen = -1
 
-    def _lookup(self, entry: tuple[bytes, int, int]) -> tuple[int, int, int, int, int]:
+    def _lookup(self, entry: _Entry) -> tuple[int, int, int, int, int]:
         """Find a key: ``(slot word, slot seq, index seq, value start, value end)``; the caller
         re-checks ``slot seq`` and ``index seq`` after using the value. ``value start`` is -1 if
         the key is absent (validated)."""
-        kb, tag, hi = entry
-        klen = len(kb)
-        vstart_rel = _HDR + ((klen + 7) & ~7)
+        kb, tag, hi, klen, kpad = entry
+        vstart_rel = _HDR + kpad
         spins = 0
         while True:
             s0 = self._load_index()
@@ -815,8 +877,44 @@ class KV(MutableMapping[Key, bytes]):
                         raise CorruptionError(f"KV {self.name!r}: index has no empty slot")
                     break
 
-    def _lookup_range(self, entry: tuple[bytes, int, int], key: Any) -> tuple[int, int]:
+    def _lookup_range(self, entry: _Entry, key: Any) -> tuple[int, int]:
         """Value bounds of a key, validated (the caller has pinned the epoch)."""
+        w = self._words
+        hot = self._hot.get(key)
+        if hot is not None and w is not None:
+            j, seq, start, end, s0 = hot  # see __getitem__: the slot still names the block
+            if w[_W_IDX_SEQ] == s0 and w[j] == seq:
+                return start, end
+        if w is not None:
+            # Fast path: __getitem__'s, returning the bounds instead of a copy.
+            s0 = w[_W_IDX_SEQ]
+            if s0 == self._idx_seen:
+                mm = self._mm
+                kb, tag, hi, klen, kpad = entry
+                mask = self._idx_mask
+                i = tag & mask
+                while True:
+                    j = self._idx_base + (i << 2)
+                    seq, slot_tag, off, lens = _SLOT_UNPACK(mm, j << 3)  # type: ignore[arg-type]
+                    if slot_tag == tag and lens & _HIMASK == hi:
+                        p = off + _HDR
+                        start = p + kpad
+                        end = start + (lens & _VMASK)
+                        if (
+                            end <= self._size
+                            and mm[p : p + klen] == kb  # type: ignore[index]
+                            and w[j] == seq
+                            and not seq & 1
+                            and w[_W_IDX_SEQ] == s0
+                        ):
+                            if len(self._hot) >= KEY_CACHE_MAX:
+                                self._hot.clear()
+                            self._hot[key] = (j, seq, start, end, s0)
+                            return start, end
+                        break
+                    if off == 0 or seq & 1:
+                        break
+                    i = (i + 1) & mask
         while True:
             j, seq, s0, start, end = self._lookup(entry)
             if start < 0:
@@ -827,41 +925,58 @@ class KV(MutableMapping[Key, bytes]):
             self._retries += 1
 
     def __getitem__(self, key: Key) -> bytes:
-        entry = self._keycache.get(key)
-        if entry is None:
-            entry = self._key(key)
         w = self._words
+        try:
+            # Where this handle last read the key: its slot, the slot's sequence word then, the
+            # value's bounds and the index's sequence word. While both sequence words are
+            # unchanged, the slot still names the same block, and a published block is never
+            # changed in place (nor reused while its slot still names it): copy the value and
+            # re-check both (the seqlock protocol, without the probe and the key comparison).
+            j, seq, start, end, s0 = self._hot[key]
+        except KeyError:
+            pass
+        else:
+            if w is not None and w[_W_IDX_SEQ] == s0 and w[j] == seq:
+                data: bytes = self._mm[start:end]  # type: ignore[index]
+                if w[j] == seq and w[_W_IDX_SEQ] == s0:
+                    return data
+        try:
+            entry = self._keycache[key]
+        except KeyError:
+            entry = self._key(key)
         if w is not None:
             # Fast path (the general loop in _get_slow handles everything unusual): index
             # descriptor unchanged, probe (a slot is read with one unpack: the sequence word
             # re-read afterwards validates it), compare the key, copy, re-check both sequences.
             s0 = w[_W_IDX_SEQ]
             if s0 == self._idx_seen:
-                kb, tag, hi = entry
-                mask = self._idx_mask
-                base = self._idx_base
                 mm = self._mm
+                kb, tag, hi, klen, kpad = entry
+                mask = self._idx_mask
                 i = tag & mask
                 while True:
-                    j = base + (i << 2)
+                    j = self._idx_base + (i << 2)
                     seq, slot_tag, off, lens = _SLOT_UNPACK(mm, j << 3)  # type: ignore[arg-type]
-                    if off == 0 or seq & 1:
+                    if slot_tag == tag and lens & _HIMASK == hi:
+                        # (Tags are never 0: an empty slot or a tombstone does not match.)
+                        p = off + _HDR
+                        start = p + kpad
+                        end = start + (lens & _VMASK)
+                        if end <= self._size and mm[p : p + klen] == kb:  # type: ignore[index]
+                            data = mm[start:end]  # type: ignore[index]
+                            if w[j] == seq and not seq & 1 and w[_W_IDX_SEQ] == s0:
+                                hot = self._hot
+                                if len(hot) >= KEY_CACHE_MAX:
+                                    hot.clear()
+                                hot[key] = (j, seq, start, end, s0)
+                                return data
                         break
-                    if slot_tag == tag and off != 1:
-                        if lens & _HIMASK == hi:
-                            klen = len(kb)
-                            p = off + _HDR
-                            start = p + ((klen + 7) & ~7)
-                            end = start + (lens & _VMASK)
-                            if end <= self._size and mm[p : p + klen] == kb:  # type: ignore[index]
-                                data: bytes = mm[start:end]  # type: ignore[index]
-                                if w[j] == seq and w[_W_IDX_SEQ] == s0:
-                                    return data
+                    if off == 0 or seq & 1:
                         break
                     i = (i + 1) & mask
         return self._get_slow(key, entry)
 
-    def _get_slow(self, key: Key, entry: tuple[bytes, int, int]) -> bytes:
+    def _get_slow(self, key: Key, entry: _Entry) -> bytes:
         if self._words is None:
             self._check_open()
         while True:
@@ -967,7 +1082,8 @@ class KV(MutableMapping[Key, bytes]):
         ends). Do not keep the view, or anything made from it (a numpy array), past the block.
         Raises ``KeyError``. On a read-only handle the view is of a private copy.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         return _View(self, key)
 
     def _pin(self) -> None:
@@ -1046,6 +1162,28 @@ class KV(MutableMapping[Key, bytes]):
     def _acquire(self) -> None:
         if self._batch_depth:
             return
+        if self._closed or self._readonly or self._slot is None:
+            self._acquire_checks()
+        # The ring's protocol (``Ring._lock_writer``): lock_state = 1 before the acquire, so
+        # that dying between the acquire and the owner store stays recoverable.
+        w: memoryview = self._words  # type: ignore[assignment]
+        w[self._lock_state_word] = 1
+        if not self._sem_lock.try_acquire():  # type: ignore[union-attr]
+            self._lock_wait(self.timeout)
+        w[_W_LOCK_GRANTS] += 1
+        w[_W_LOCK_OWNER] = self._lock_owner_value
+        if w[_W_MAPPED] > self._size or w[_W_JOURNAL]:
+            try:
+                mapped = w[_W_MAPPED]
+                if mapped > self._size:
+                    self._remap(int(mapped))
+                if self._words[_W_JOURNAL] != L.J_IDLE:  # type: ignore[index]
+                    self._check(repair=True, verify=False)
+            except BaseException:
+                self._release()
+                raise
+
+    def _acquire_checks(self) -> None:
         if self._closed:
             raise ClosedError(f"KV {self.name!r} is closed")
         if self._readonly:
@@ -1053,54 +1191,77 @@ class KV(MutableMapping[Key, bytes]):
         if self._slot is None:
             with self._participants.attach_lock():
                 self._claim_slot()
-        self._lock_writer(self.timeout)
-        try:
-            w = self._words
-            assert w is not None
-            mapped = w[L.W_KV_MAPPED]
-            if mapped > self._size:
-                self._remap(int(mapped))
-            if self._words[_W_JOURNAL] != L.J_IDLE:  # type: ignore[index]
-                self._check(repair=True, verify=False)
-        except BaseException:
-            self._release()
-            raise
 
     def _release(self) -> None:
         if self._batch_depth:
             return
-        w = self._words
-        assert w is not None and self._sem_lock is not None and self._slot is not None
-        w[L.W_LOCK_OWNER] = 0
-        self._sem_lock.release()
+        w: memoryview = self._words  # type: ignore[assignment]
+        w[_W_LOCK_OWNER] = 0
+        self._sem_lock.release()  # type: ignore[union-attr]
         w[self._lock_state_word] = 0
 
-    def _lock_writer(self, timeout: float | None) -> None:
-        # The ring's protocol (``Ring._lock_writer``): lock_state = 1 before the acquire, so that
-        # dying between the acquire and the owner store stays recoverable.
+    def _end_batch(self) -> None:
+        """Leave the outermost batch: record its pending blocks, settle the journal, unlock."""
+        try:
+            if self._pending:
+                self._flush_pending()
+            w = self._words
+            if w is not None and self._batch_journal and w[_W_JOURNAL] == self._batch_journal:
+                # The journal still names the batch's last put, which completed. (Anything else
+                # there is a write cut short by an exception: it stays for the repair.)
+                w[_W_JOURNAL] = 0
+        finally:
+            self._batch_journal = 0
+            self._batch_depth = 0
+            self._release()
+
+    def _flush_pending(self) -> None:
+        """Record the blocks the batch's puts replaced in the deferred list (lock held).
+
+        The puts kept room for them. Tagged with the epoch and time of now, later than their
+        replacement: their reuse waits longer, never less.
+        """
+        pending = self._pending
+        k = len(pending)
+        w = self._words
+        assert w is not None
+        # Cut short by an exception, the list is left for the repair: the journal stays.
+        completed, self._batch_journal = self._batch_journal, 0
+        base, cap, n = self._deferred()
+        if n + k > cap:
+            raise CorruptionError(f"KV {self.name!r}: deferred-free list overflow ({n} + {k} of {cap})")
+        entries = [0, int(w[_W_EPOCH]), _monotonic_ns()] * k
+        entries[0::3] = pending
+        e = base + n * 3
+        w[e : e + 3 * k] = array.array("Q", entries)  # writer-private words: the count publishes
+        w[_W_DEFERRED_COUNT] = n + k
+        pending.clear()
+        if n + k >= self._reclaim_at:
+            self._reclaim()
+            self._reclaim_at = int(self._w()[_W_DEFERRED_COUNT]) + RECLAIM_EVERY
+        self._batch_journal = completed
+
+    def _lock_wait(self, timeout: float | None) -> None:
+        """The semaphore is taken: wait for it in slices, handing it on if its holder died."""
         sem = self._sem_lock
         w = self._words
         slot = self._slot
         assert sem is not None and w is not None and slot is not None
-        w[self._lock_state_word] = 1
-        if not sem.try_acquire():
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                wait = LOCK_CHECK_INTERVAL
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        w[L.slot_word(slot, L.S_LOCK_STATE)] = 0
-                        raise WaitTimeout(
-                            f"writer lock of KV {self.name!r} still held by "
-                            f"{self._owner_description()} after {timeout} s"
-                        )
-                if sem.acquire(wait):
-                    break
-                self._check_lock_holder()
-            self._unknown_owner_since = None
-        w[L.W_LOCK_GRANTS] += 1
-        w[L.W_LOCK_OWNER] = self._lock_owner_value
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = LOCK_CHECK_INTERVAL
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    w[L.slot_word(slot, L.S_LOCK_STATE)] = 0
+                    raise WaitTimeout(
+                        f"writer lock of KV {self.name!r} still held by "
+                        f"{self._owner_description()} after {timeout} s"
+                    )
+            if sem.acquire(wait):
+                break
+            self._check_lock_holder()
+        self._unknown_owner_since = None
 
     def _owner_description(self) -> str:
         owner = self._w()[L.W_LOCK_OWNER]
@@ -1201,26 +1362,161 @@ class KV(MutableMapping[Key, bytes]):
         return _Batch(self)
 
     def __setitem__(self, key: Key, value: Any) -> None:
-        entry = self._keycache.get(key)
-        if entry is None:
+        try:
+            entry = self._keycache[key]
+        except KeyError:
             entry = self._key(key)
         if type(value) is bytes:
-            parts: tuple[Any, ...] = (value,)
             n = len(value)
         else:
-            mv = _as_bytes_view(value)
-            parts = (mv,)
-            n = mv.nbytes
-        self._acquire()
+            value = _as_bytes_view(value)
+            n = value.nbytes
+        locked = not self._batch_depth  # in a batch, the lock is held (and checked) already
+        if locked:
+            self._acquire()
         try:
-            self._put_locked(entry, parts, n)
+            # _put_locked of one value, inlined for the common case: the replacement of a key,
+            # or a new key that needs no index growth, with a block from this writer's cache of
+            # released blocks (else one _alloc). Everything else (a stale index descriptor,
+            # checksums, max_keys or index growth, a full deferred list) goes to _put_locked
+            # before anything is changed. The shared stores and their order are _put_locked's.
+            w: memoryview = self._words  # type: ignore[assignment]
+            if w[_W_IDX_SEQ] != self._idx_seen or n > self._fast_max:
+                self._put_locked(entry, (value,), n)
+                return
+            kb, tag, hi, klen, kpad = entry
+            mm: mmap.mmap = self._mm  # type: ignore[assignment]
+            mask = self._idx_mask
+            # Find the slot (under the lock nothing changes it: one unpack reads it whole).
+            i = tag & mask
+            tomb = -1
+            probes = 0
+            while True:
+                j = self._idx_base + (i << 2)
+                seq, slot_tag, old, old_lens = _SLOT_UNPACK(mm, j << 3)
+                if old == 0:  # a new key
+                    max_keys = w[_W_MAX_KEYS]
+                    if max_keys and w[_W_LIVE_KEYS] >= max_keys:
+                        self._put_locked(entry, (value,), n)  # KVFull
+                        return
+                    if tomb >= 0:
+                        j = tomb
+                        seq, slot_tag, old, old_lens = _SLOT_UNPACK(mm, j << 3)
+                    elif (w[_W_USED_SLOTS] + 1) * 4 > (mask + 1) * 3:
+                        self._put_locked(entry, (value,), n)  # grows the index
+                        return
+                    break
+                if old == 1:
+                    if tomb < 0:
+                        tomb = j
+                elif (
+                    slot_tag == tag and old_lens & _HIMASK == hi and mm[old + _HDR : old + _HDR + klen] == kb
+                ):
+                    break
+                i = (i + 1) & mask
+                probes += 1
+                if probes > mask:
+                    self._put_locked(entry, (value,), n)  # raises: no empty slot
+                    return
+            desc = w[_W_DEFERRED_DESC]
+            count = w[_W_DEFERRED_COUNT]
+            pending = self._pending  # empty outside a batch
+            if count + len(pending) + 2 > 1 << (desc >> 56):
+                self._put_locked(entry, (value,), n)  # makes room in the deferred list
+                return
+            # From here on the journal word is not a completed put of this batch (see _end_batch).
+            self._batch_journal = 0
+            # A block: one this writer released, unchanged since (no heap walk), else _alloc.
+            nbytes = kpad + n
+            need = (nbytes + _HDR + _ALIGN_MASK) & ~_ALIGN_MASK
+            if need < _MIN_BLOCK:
+                need = _MIN_BLOCK
+            off = 0
+            cached = self._released.get(need)
+            if cached and w[_W_HEAP_WALKS] == self._walks_seen:
+                while cached:
+                    o = cached.pop()
+                    b = o >> 3
+                    if w[b + 1] == _RELEASED and w[b] == need:
+                        w[b + 1] = self._owned
+                        off = o
+                        break
+            if not off:
+                # May flush the pending blocks or reclaim (the count changes), or grow and remap.
+                off = self._alloc(nbytes)
+                w = self._words  # type: ignore[assignment]
+                mm = self._mm  # type: ignore[assignment]
+                count = w[_W_DEFERRED_COUNT]
+            p = off + _HDR
+            mm[p : p + klen] = kb
+            q = p + kpad
+            mm[q : q + n] = value
+            lens = hi | n
+            bi = off >> 3
+            # The block says where it goes: the journal is one store (the roll-forward reads it).
+            w[bi + _B_TAG] = tag
+            w[bi + _B_LENS] = lens
+            w[bi + _B_SLOT] = j
+            w[bi + _B_SEQ] = seq + 2
+            w[_W_JOURNAL] = off | _J_PUT
+            w[bi + _B_STATE] = _IN_FLIGHT
+            w[j] = seq + 1
+            if slot_tag != tag:
+                w[j + 1] = tag
+            w[j + 2] = off
+            if old_lens != lens:
+                w[j + 3] = lens
+            w[j] = seq + 2
+            if old >= 2:
+                if old_lens != lens:
+                    w[_W_LIVE_BYTES] += n - (old_lens & _VMASK)
+                if not locked:
+                    # In a batch the old block waits in a private list, recorded in the deferred
+                    # list every RECLAIM_EVERY puts and at the end (tagged then: a later epoch
+                    # and time only make its reuse wait longer). Meanwhile the journal keeps the
+                    # last put (completed: its roll-forward changes nothing), so a successor of
+                    # a process killed here sweeps, and the sweep finds the pending blocks.
+                    pending.append(old)
+                else:
+                    # Retire the old block (inline _retire: the list is read and written only
+                    # by the lock holder, so its entries are plain packed stores; the count
+                    # publishes them). Nothing since the check above moved the list (desc).
+                    _DEFERRED_PACK(
+                        mm,
+                        (desc & _DESC_MASK) + _HDR + count * _LIST_ENTRY,
+                        old,
+                        w[_W_EPOCH],
+                        _monotonic_ns(),
+                    )
+                    w[_W_DEFERRED_COUNT] = count + 1
+                    if count >= self._reclaim_at:
+                        self._reclaim()
+                        w = self._words  # type: ignore[assignment]
+                        self._reclaim_at = int(w[_W_DEFERRED_COUNT]) + RECLAIM_EVERY
+            else:
+                w[_W_LIVE_KEYS] += 1
+                w[_W_LIVE_BYTES] += klen + n
+                if old == 0:
+                    w[_W_USED_SLOTS] += 1
+            if locked:
+                w[_W_JOURNAL] = 0
+            else:
+                self._batch_journal = off | _J_PUT  # the batch's end clears it
+            w[_W_COMMIT] += 1
+            if w[_W_WAITERS]:
+                self._notify()
+            if len(pending) >= RECLAIM_EVERY:
+                self._flush_pending()
         finally:
-            self._release()
+            if locked:  # _release, inline
+                w = self._words  # type: ignore[assignment]
+                w[_W_LOCK_OWNER] = 0
+                self._sem_lock.release()  # type: ignore[union-attr]
+                w[self._lock_state_word] = 0
 
-    def _find_for_write(self, entry: tuple[bytes, int, int]) -> tuple[int, int]:
+    def _find_for_write(self, entry: _Entry) -> tuple[int, int]:
         """(slot word, current offset: 0 empty, 1 tombstone, else the entry's block)."""
-        kb, tag, hi = entry
-        klen = len(kb)
+        kb, tag, hi, klen, _kpad = entry
         w = self._words
         mm = self._mm
         assert w is not None and mm is not None
@@ -1244,8 +1540,11 @@ class KV(MutableMapping[Key, bytes]):
             return tomb, 1
         raise CorruptionError(f"KV {self.name!r}: index of {mask + 1} slots has no empty slot")
 
-    def _put_locked(self, entry: tuple[bytes, int, int], parts: tuple[Any, ...], n: int) -> None:
-        kb, tag, hi = entry
+    def _put_locked(self, entry: _Entry, parts: tuple[Any, ...], n: int) -> None:
+        if self._pending:
+            self._flush_pending()  # before the journal goes idle again
+        self._batch_journal = 0
+        kb, tag, hi, klen, kpad = entry
         if n > _VMASK:
             raise ValueError(f"value of {n} bytes exceeds the KV limit of {_VMASK} bytes")
         klen = len(kb)
@@ -1335,7 +1634,10 @@ class KV(MutableMapping[Key, bytes]):
         finally:
             self._release()
 
-    def _delete_locked(self, entry: tuple[bytes, int, int]) -> bool:
+    def _delete_locked(self, entry: _Entry) -> bool:
+        if self._pending:
+            self._flush_pending()  # before the journal goes idle again
+        self._batch_journal = 0
         j, old = self._find_for_write(entry)
         if old < 2:
             return False
@@ -1359,7 +1661,7 @@ class KV(MutableMapping[Key, bytes]):
             self._notify()
         return True
 
-    def _read_locked(self, entry: tuple[bytes, int, int]) -> bytes | None:
+    def _read_locked(self, entry: _Entry) -> bytes | None:
         """The current value (under the lock nothing changes it), or None."""
         j, old = self._find_for_write(entry)
         if old < 2:
@@ -1482,6 +1784,8 @@ class KV(MutableMapping[Key, bytes]):
 
     def _alloc(self, nbytes: int) -> int:
         """A block for ``nbytes`` of payload, ALLOCATED to this writer (caller holds the lock)."""
+        if self._pending:
+            self._flush_pending()  # growth sets the journal idle
         need = (nbytes + _HDR + L.BLOCK_ALIGN - 1) & ~(L.BLOCK_ALIGN - 1)
         if need < L.MIN_BLOCK:
             need = L.MIN_BLOCK
@@ -1492,7 +1796,7 @@ class KV(MutableMapping[Key, bytes]):
             # Fast path: a block this writer released, still released and unchanged (no heap
             # walk since, which is the only thing that merges or hands out released blocks).
             if w[_W_HEAP_WALKS] == self._walks_seen:
-                owned = _ALLOCATED | self._owner << 8
+                owned = self._owned
                 while cached:
                     off = cached.pop()
                     i = off >> 3
@@ -1597,6 +1901,9 @@ class KV(MutableMapping[Key, bytes]):
 
     def _rebuild_index(self, new_cap: int, keep: bool) -> None:
         """Copy the live entries (or none) into a new index block and publish it."""
+        if self._pending:
+            self._flush_pending()  # before the journal goes idle again
+        self._batch_journal = 0
         self._load_index()
         w = self._words
         assert w is not None
@@ -1680,16 +1987,18 @@ class KV(MutableMapping[Key, bytes]):
             self._reclaim_at = int(w[_W_DEFERRED_COUNT]) + RECLAIM_EVERY
 
     def _oldest_pin(self) -> int:
-        """The oldest epoch a live participant's view pins (a huge number if none)."""
+        """The oldest epoch a live participant's view pins (``_NO_PIN`` if none)."""
         w = self._words
         assert w is not None
-        oldest = 1 << 64
+        oldest = _NO_PIN
         participants = self._participants
-        first = L.slot_word(0, L.S_KV_PIN)
-        for slot in range(participants.capacity):
-            pin = w[first + slot * L.SLOT_WORDS]
-            if pin and pin - 1 < oldest and participants.alive(slot):
-                oldest = pin - 1
+        first = _W_FIRST_PIN
+        # One strided read of every slot's pin word (each an aligned 8-byte load).
+        pins = w[first : first + participants.capacity * L.SLOT_WORDS : L.SLOT_WORDS].tolist()
+        if any(pins):
+            for slot, pin in enumerate(pins):
+                if pin and pin - 1 < oldest and participants.alive(slot):
+                    oldest = pin - 1
         return oldest
 
     def _reclaim(self) -> bool:
@@ -1705,13 +2014,17 @@ class KV(MutableMapping[Key, bytes]):
             return False
         w[_W_EPOCH] += 1
         oldest = self._oldest_pin()
-        now = _monotonic_ns()
-        k = 0
-        while k < n:
-            e = base + k * 3
-            if w[e + 1] >= oldest or now - w[e + 2] < RECLAIM_GRACE_NS:
-                break
-            k += 1
+        limit = _monotonic_ns() - RECLAIM_GRACE_NS
+        # The reclaimable prefix: entries (offset, epoch, retire time) in retire order.
+        e = base + 1
+        end = base + n * 3
+        if oldest == _NO_PIN:  # no view anywhere: only the grace period counts
+            while e < end and w[e + 1] <= limit:
+                e += 3
+        else:
+            while e < end and w[e] < oldest and w[e + 1] <= limit:
+                e += 3
+        k = (e - base) // 3
         if not k:
             return False
         saved = w[_W_JOURNAL]
@@ -1721,11 +2034,10 @@ class KV(MutableMapping[Key, bytes]):
         if w[_W_HEAP_WALKS] != self._walks_seen:
             released.clear()
             self._walks_seen = int(w[_W_HEAP_WALKS])
-        for x in range(k):
-            off = int(w[base + x * 3])
+        for off in w[base : base + k * 3 : 3].tolist():
             i = off >> 3
             w[i + 1] = _RELEASED
-            size = int(w[i])
+            size = w[i]
             cached = released.get(size)
             if cached is None:
                 released[size] = [off]
@@ -1781,6 +2093,8 @@ class KV(MutableMapping[Key, bytes]):
         ``first``: nobody else has the region open (blocks being filled are garbage). Raises
         :class:`CorruptionError` naming the first inconsistency.
         """
+        if self._pending:
+            self._flush_pending()  # a sweep must not find them unrecorded
         w = self._w()
         name = self.name
         heap = self._heap
