@@ -60,8 +60,7 @@ def test_channel_receives_from_a_child_without_blocking_the_loop(
     async def main() -> list[Any]:
         async with mmipc.AsyncChannel(pickle.loads(pickle.dumps(chan))) as achan:
             receiving = asyncio.ensure_future(_collect(achan))
-            await asyncio.sleep(0)
-            assert achan._busy == 1  # the receive is waiting on the helper thread
+            await _until_busy(achan)  # the receive polled on the loop, then went to the thread
             go.set()
             return await asyncio.wait_for(receiving, 30)
 
@@ -75,6 +74,16 @@ def test_channel_receives_from_a_child_without_blocking_the_loop(
         array = obj["array"]
         assert not array.flags.writeable and array.shape == (20_000,)
         assert (array == obj["i"]).all()
+
+
+async def _until_busy(adapter: Any, task: Any = None) -> None:
+    """Wait (at most 5 s) until an operation is on the adapter's helper thread (or ``task`` is
+    done): with a polling wait strategy it first polls on the loop thread for up to 1 ms."""
+    for _ in range(5000):
+        if adapter._busy or (task is not None and task.done()):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the operation never reached the helper thread")
 
 
 async def _collect(achan: mmipc.AsyncChannel) -> list[Any]:
@@ -98,10 +107,7 @@ def test_cancelled_receives_lose_nothing(make_channel: Callable[..., mmipc.Chann
                 while achan._stash:  # earlier cancelled receives first: they come back in order
                     got.append(await achan.recv(timeout=5))
                 task = asyncio.ensure_future(achan.recv(timeout=30))
-                for _ in range(1000):
-                    await asyncio.sleep(0)
-                    if achan._busy or task.done():
-                        break
+                await _until_busy(achan, task)
                 if task.done():  # a record a cancelled receive never started to take
                     got.append(task.result())
                     continue

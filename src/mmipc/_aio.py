@@ -8,7 +8,10 @@ handle is not thread-safe: every call on the wrapped handle runs either on that 
 the fast path, on the loop thread while the helper thread is idle; never both at once).
 
 * Fast path: when the helper thread is idle, the operation is first tried with the ``_nowait``
-  call on the loop thread. A record that is already there costs no thread hop at all.
+  call on the loop thread. A record that is already there costs no thread hop at all. If the
+  handle's wait strategy polls (``"adaptive"``, the default on x86-64, or ``"spin"``), the loop
+  thread keeps trying between other tasks (``await asyncio.sleep(0)``) for the strategy's polling
+  budget (at most :data:`POLL_MAX`) before it hands the call to the helper thread.
 * Slow path: the blocking call runs on the helper thread in slices of :data:`SLICE` seconds; the
   result comes back through ``loop.call_soon_threadsafe`` (one extra cross-thread wake-up,
   measured in ``python -m benchmarks latency``).
@@ -37,12 +40,15 @@ from typing import Any, Generic, TypeVar
 from ._channel import Channel
 from ._errors import ClosedError, EndOfStream, WaitTimeout, WouldBlock
 from ._ring import Ring
+from ._wait import WaitStrategy
 
 __all__ = ["AsyncChannel", "AsyncRing"]
 
 # Longest time the helper thread spends in one blocking call before it re-checks whether the
 # awaiting task was cancelled: it bounds how long a cancelled operation keeps the thread busy.
 SLICE = 0.02
+# Longest the loop thread polls (handles whose wait strategy polls) before handing off.
+POLL_MAX = 0.001
 
 H = TypeVar("H", Ring, Channel)
 T = TypeVar("T")
@@ -108,6 +114,11 @@ class _Adapter(Generic[H]):
             executor.shutdown(wait=True)
         self._handle.close()
 
+    def _strategy(self) -> WaitStrategy:
+        handle: Any = self._handle
+        ring = handle._ring if isinstance(handle, Channel) else handle
+        return ring._wait  # type: ignore[no-any-return]
+
     def _thread(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mmipc-aio-{self._handle.name}")
@@ -131,6 +142,7 @@ class _Adapter(Generic[H]):
         stash = self._stash
         if receive and stash:
             return stash.popleft()  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
         if nowait is not None and not self._busy:
             try:
                 return nowait()
@@ -139,7 +151,22 @@ class _Adapter(Generic[H]):
                     raise WaitTimeout(
                         f"{self._kind} {self._handle.name!r}: gave up after 0 s: {exc}"
                     ) from None
-        loop = asyncio.get_running_loop()
+            # The handle's strategy polls (adaptive, spin): poll here too, between other tasks,
+            # for its budget (at most POLL_MAX): a peer that answers within it costs no thread hop.
+            budget = min(self._strategy().poll, POLL_MAX)
+            if budget > 0:
+                stop = loop.time() + budget
+                while loop.time() < stop:
+                    await asyncio.sleep(0)
+                    self._check_open()
+                    if receive and stash:
+                        return stash.popleft()  # type: ignore[no-any-return]
+                    if self._busy:
+                        break  # another task handed the handle to the helper thread
+                    try:
+                        return nowait()
+                    except WouldBlock:
+                        pass
         cancelled = threading.Event()
         clock = loop.time  # time.monotonic: callable from any thread
         deadline = None if timeout is None else clock() + timeout

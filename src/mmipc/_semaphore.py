@@ -38,6 +38,13 @@ SIGNAL_SLICE = 0.05
 
 PREFIX = "mmipc-"
 _ALL_SIGNALS = signal.valid_signals()
+try:
+    # The C function. ``signal.pthread_sigmask`` wraps it and turns every number of the returned
+    # mask into a ``Signals`` member, raising and catching ValueError for each real-time signal:
+    # measured 62.8 us for a block + restore pair against 2.0 us here, on every blocking wait.
+    from _signal import pthread_sigmask as _sigmask  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - other Python implementations
+    _sigmask = signal.pthread_sigmask
 _MAIN_THREAD_ID = threading.main_thread().ident
 
 
@@ -135,13 +142,13 @@ class Semaphore:
                     return False
                 wait = min(wait, longest)
             if main:
-                old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+                old_mask = _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
                 try:
                     sem.acquire(wait)
                 except (posix_ipc.BusyError, posix_ipc.SignalError):
                     continue
                 finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # handlers run here
+                    _sigmask(signal.SIG_SETMASK, old_mask)  # handlers run here
                 return True
             try:
                 sem.acquire(wait)
