@@ -126,3 +126,37 @@ def make_ring(tmp_path: pathlib.Path) -> Iterator[Callable[..., mmipc.Ring]]:
 @pytest.fixture(params=["anonymous", "named", "file"])
 def ring_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def cleanup_channel(chan: mmipc.Channel) -> None:
+    """Remove everything a channel owns, whatever state the test left it in."""
+    region = chan._heap_region
+    try:
+        if not chan.closed:
+            try:
+                chan.unlink()
+            except mmipc.MmipcError:
+                pass
+    finally:
+        if region is not None:
+            region.unlink_name()
+        chan.close()
+        cleanup_ring(chan._ring)
+
+
+@pytest.fixture
+def make_channel(tmp_path: Any) -> Iterator[Callable[..., mmipc.Channel]]:
+    made: list[mmipc.Channel] = []
+
+    def make(capacity: int = 1 << 20, kind: str = "anonymous", **kwargs: Any) -> mmipc.Channel:
+        if kind == "named":
+            kwargs.setdefault("name", f"test-{uuid.uuid4().hex[:12]}")
+        elif kind == "file":
+            kwargs.setdefault("path", str(tmp_path / f"chan-{uuid.uuid4().hex[:8]}.mmipc"))
+        chan = mmipc.Channel.create(capacity, **kwargs)
+        made.append(chan)
+        return chan
+
+    yield make
+    for chan in made:
+        cleanup_channel(chan)

@@ -5,38 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 import mmipc
-from conftest import cleanup_ring
 
 pytestmark = pytest.mark.timeout(60)
 
 COUNT = 200
-
-
-@pytest.fixture
-def make_channel() -> Iterator[Callable[..., mmipc.Channel]]:
-    made: list[mmipc.Channel] = []
-
-    def make(capacity: int = 1 << 20, **kwargs: Any) -> mmipc.Channel:
-        chan = mmipc.Channel.create(capacity, **kwargs)
-        made.append(chan)
-        return chan
-
-    yield make
-    for chan in made:
-        region = chan._heap_region
-        if not chan.closed:
-            chan.unlink()
-            chan.close()
-        if region is not None:
-            region.unlink_name()
-        cleanup_ring(chan._ring)
 
 
 def _send_after_go(chan: mmipc.Channel, go: Any) -> None:

@@ -7,54 +7,18 @@ import gc
 import json
 import multiprocessing
 import pickle
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 import mmipc
-from conftest import cleanup_ring
 from mmipc import _layout as L
 
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 1 << 20
-
-
-def cleanup_channel(chan: mmipc.Channel) -> None:
-    """Remove everything a channel owns, whatever state the test left it in."""
-    region = chan._heap_region
-    try:
-        if not chan.closed:
-            try:
-                chan.unlink()
-            except mmipc.MmipcError:
-                pass
-    finally:
-        if region is not None:
-            region.unlink_name()
-        chan.close()
-        cleanup_ring(chan._ring)
-
-
-@pytest.fixture
-def make_channel(tmp_path: Any) -> Iterator[Callable[..., mmipc.Channel]]:
-    made: list[mmipc.Channel] = []
-
-    def make(capacity: int = MiB, kind: str = "anonymous", **kwargs: Any) -> mmipc.Channel:
-        if kind == "named":
-            kwargs.setdefault("name", f"test-{uuid.uuid4().hex[:12]}")
-        elif kind == "file":
-            kwargs.setdefault("path", str(tmp_path / f"chan-{uuid.uuid4().hex[:8]}.mmipc"))
-        chan = mmipc.Channel.create(capacity, **kwargs)
-        made.append(chan)
-        return chan
-
-    yield make
-    for chan in made:
-        cleanup_channel(chan)
 
 
 class Buffers:

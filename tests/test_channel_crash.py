@@ -45,7 +45,6 @@ from _channelchild import (
 )
 from _ringchild import kill_and_join
 from mmipc._heap import block_size_for
-from test_channel import cleanup_channel
 
 pytestmark = [pytest.mark.crash, pytest.mark.timeout(60)]
 
@@ -58,21 +57,6 @@ RANDOM_METHODS = ["fork", "spawn"]  # the randomized tests (the deterministic on
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_channel() -> Any:
-    """``make_channel(capacity, **kwargs)``: anonymous channels, always cleaned up."""
-    made: list[mmipc.Channel] = []
-
-    def make(capacity: int, **kwargs: Any) -> mmipc.Channel:
-        chan = mmipc.Channel.create(capacity, **kwargs)
-        made.append(chan)
-        return chan
-
-    yield make
-    for chan in made:
-        cleanup_channel(chan)
 
 
 class Tally:

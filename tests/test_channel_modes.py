@@ -7,38 +7,18 @@ import os
 import pickle
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 import mmipc
-from conftest import cleanup_ring
 
 pytestmark = pytest.mark.timeout(90)
 
 WAIT = 30.0
 COUNT = 300
-
-
-@pytest.fixture
-def make_channel() -> Iterator[Callable[..., mmipc.Channel]]:
-    made: list[mmipc.Channel] = []
-
-    def make(capacity: int = 1 << 20, **kwargs: Any) -> mmipc.Channel:
-        chan = mmipc.Channel.create(capacity, **kwargs)
-        made.append(chan)
-        return chan
-
-    yield make
-    for chan in made:
-        region = chan._heap_region
-        if not chan.closed:
-            chan.close()
-        if region is not None:
-            region.unlink_name()
-        cleanup_ring(chan._ring)
 
 
 def message(i: int) -> Any:
