@@ -34,6 +34,13 @@ Running a cell (:func:`run_cell`)
 A case with ``producers=0`` is a single-process reference (e.g. memcpy): the consumer does the
 whole work and still times itself after ``gate.wait()``.
 
+Several consumers (``measure(..., consumers=N)``, ``Spec.consumers``; broadcast subscribers, work
+queue consumers): N consumer processes run ``case.consumer`` (the barriers count every
+process), each returns its own Sample, and :func:`combine_samples` sums their messages and
+bytes over the longest consumer's time; ``Case.delivery`` says whether each consumer gets every
+message (``"each"``), the consumers share them (``"shared"``) or may lose some (``"lossy"``,
+reported in ``Sample.dropped``).
+
 Measuring (:func:`measure`)
 ---------------------------
 Pilot runs (starting at ``initial_count`` messages, growing until one lasts a fifth of a sample)
@@ -89,6 +96,7 @@ __all__ = [
     "Spec",
     "Target",
     "add_common_arguments",
+    "combine_samples",
     "evaluate_targets",
     "format_size",
     "machine_info",
@@ -220,10 +228,11 @@ class Spec:
     warmup: int  # untimed messages per producer, before the start barrier
     producers: int  # producer processes (0: a single-process reference)
     options: dict[str, Any] = field(default_factory=dict)
+    consumers: int = 1  # consumer processes (see Case.delivery for what each one receives)
 
     @property
     def total(self) -> int:
-        """Timed messages the consumer receives."""
+        """Timed messages the consumer receives (with several consumers: see Case.delivery)."""
         return self.count * max(self.producers, 1)
 
     @property
@@ -238,6 +247,7 @@ class Sample:
     messages: int
     nbytes: int
     seconds: float
+    dropped: int = 0  # messages sent but never delivered (lossy transports: pyzmq PUB/SUB)
 
     @property
     def msgs_per_s(self) -> float:
@@ -274,6 +284,10 @@ class Case:
     # True when the payload bytes are not moved (in-place writes): GB/s is then the size the
     # records carry, not a copy rate, and the table prints it in parentheses.
     logical_bytes: bool = False
+    # With several consumers (Spec.consumers): "each" (broadcast: every consumer receives
+    # spec.total), "shared" (work queue: their sum is spec.total) or "lossy" (each receives at
+    # most spec.total and reports the rest in Sample.dropped). See combine_samples.
+    delivery: str = "each"
 
 
 class CellError(RuntimeError):
@@ -358,14 +372,17 @@ def run_cell(ctx: Any, case: Case, spec: Spec, timeout: float) -> Sample:
     results = ctx.Queue()
     succeeded = False
     try:
-        barriers = (ctx.Barrier(spec.producers + 1), ctx.Barrier(spec.producers + 1))
-        consumer = ctx.Process(
-            target=_child_main,
-            args=("consumer", 0, case.consumer, opened.handle, spec, barriers, results),
-            name=f"{case.name} consumer",
-            daemon=True,
-        )
-        processes.append(consumer)
+        parties = spec.producers + spec.consumers
+        barriers = (ctx.Barrier(parties), ctx.Barrier(parties))
+        for index in range(spec.consumers):
+            processes.append(
+                ctx.Process(
+                    target=_child_main,
+                    args=("consumer", index, case.consumer, opened.handle, spec, barriers, results),
+                    name=f"{case.name} consumer" + (f" {index}" if spec.consumers > 1 else ""),
+                    daemon=True,
+                )
+            )
         for index in range(spec.producers):
             assert case.producer is not None, f"case {case.name!r} has no producer"
             processes.append(
@@ -392,9 +409,9 @@ def run_cell(ctx: Any, case: Case, spec: Spec, timeout: float) -> Sample:
 
 def _collect(case: Case, spec: Spec, processes: list[Any], results: Any, timeout: float) -> Sample:
     deadline = time.monotonic() + timeout
-    sample: Sample | None = None
+    samples: list[Sample] = []
     acknowledged = 0
-    while sample is None or acknowledged < spec.producers:
+    while len(samples) < spec.consumers or acknowledged < spec.producers:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise CellError(f"{case.name}: no result within {timeout:.0f} s (killed)")
@@ -413,14 +430,44 @@ def _collect(case: Case, spec: Spec, processes: list[Any], results: Any, timeout
         if kind == "error":
             raise CellError(f"{case.name}: {who} failed:\n{payload}")
         if kind == "consumer":
-            sample = payload
+            samples.append(payload)
         else:
             acknowledged += 1
-    if sample.messages != spec.total:
+    return combine_samples(case, spec, samples)
+
+
+def combine_samples(case: Case, spec: Spec, samples: Sequence[Sample]) -> Sample:
+    """The cell's :class:`Sample` from its consumers' (one each); checks what they received.
+
+    One consumer: its sample, which must hold ``spec.total`` messages (``"lossy"``: at most
+    that many). Several: messages, bytes and drops are summed and the time is the longest
+    consumer's (each times itself from the same start barrier), so ``msgs_per_s`` is the total
+    delivered rate. ``case.delivery`` says what each must have received (see :class:`Case`).
+    """
+    counts = [s.messages for s in samples]
+    if case.delivery == "shared":
+        if sum(counts) != spec.total:
+            raise CellError(
+                f"{case.name}: the consumers received {counts} messages, expected {spec.total} in all"
+            )
+    elif case.delivery == "lossy":
+        if any(n > spec.total for n in counts):
+            raise CellError(f"{case.name}: a consumer received {counts} messages, more than {spec.total}")
+    elif any(n != spec.total for n in counts):
+        who = "the consumer" if len(counts) == 1 else "the consumers"
+        shown = counts[0] if len(counts) == 1 else counts
         raise CellError(
-            f"{case.name}: the consumer received {sample.messages} messages, expected {spec.total}"
+            f"{case.name}: {who} received {shown} messages, expected {spec.total}"
+            + ("" if len(counts) == 1 else " each")
         )
-    return sample
+    if len(samples) == 1:
+        return samples[0]
+    return Sample(
+        messages=sum(counts),
+        nbytes=sum(s.nbytes for s in samples),
+        seconds=max(s.seconds for s in samples),
+        dropped=sum(s.dropped for s in samples),
+    )
 
 
 def _stop(process: Any, graceful: bool) -> None:
@@ -448,6 +495,7 @@ class Measurement:
     count: int = 0
     note: str = ""  # "skipped: ..." or "failed: ..."
     logical_bytes: bool = False  # see Case.logical_bytes
+    consumers: int = 1
 
     @property
     def ok(self) -> bool:
@@ -474,6 +522,7 @@ class Measurement:
             "case": self.case,
             "size": self.size,
             "producers": self.producers,
+            "consumers": self.consumers,
             "count_per_producer": self.count,
             "note": self.note,
             "logical_bytes": self.logical_bytes,
@@ -496,6 +545,7 @@ def measure(
     options: dict[str, Any] | None = None,
     max_count: int | None = None,
     progress: bool = True,
+    consumers: int = 1,
 ) -> Measurement:
     """Pilot runs, then ``settings.repeat`` samples of about ``settings.seconds`` each; never raises.
 
@@ -505,7 +555,12 @@ def measure(
     messages (at least 2 per producer).
     """
     result = Measurement(
-        group=group, case=case.name, size=size, producers=producers, logical_bytes=case.logical_bytes
+        group=group,
+        case=case.name,
+        size=size,
+        producers=producers,
+        logical_bytes=case.logical_bytes,
+        consumers=consumers,
     )
     reason = case.unavailable()
     if reason is None and case.max_producers is not None and producers > case.max_producers:
@@ -520,7 +575,12 @@ def measure(
         per_producer = max(1, math.ceil(total / parts))
         warmup = max(2, min(per_producer // 10, 10_000))
         return Spec(
-            size=size, count=per_producer, warmup=warmup, producers=producers, options=dict(options or {})
+            size=size,
+            count=per_producer,
+            warmup=warmup,
+            producers=producers,
+            options=dict(options or {}),
+            consumers=consumers,
         )
 
     try:
@@ -596,16 +656,23 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{ratio:.2f}x" if ratio < 100 else f"{ratio:.0f}x"
 
 
-def print_table(results: Results, baselines: Sequence[tuple[str, str]], file: Any = None) -> str:
+def print_table(
+    results: Results,
+    baselines: Sequence[tuple[str, str]],
+    file: Any = None,
+    *,
+    rate_title: str = "msgs/s",
+) -> str:
     """Print (and return) one block per group: msgs/s, GB/s, and the ratio to each baseline.
 
-    msgs/s and GB/s are the best sample's (``Measurement.msgs_per_s``).
+    msgs/s and GB/s are the best sample's (``Measurement.msgs_per_s``); ``rate_title`` names the
+    rate column (e.g. ``"ops/s"`` for a benchmark whose messages are operations).
     ``baselines`` is a list of ``(case name, column title)``; a baseline missing from a group
     prints ``-``. The text is Markdown-compatible (a pipe table per group).
     """
     file = sys.stdout if file is None else file
     name_width = max([len(m.case) for m in results.measurements] + [10])
-    header = ["case".ljust(name_width), "msgs/s".rjust(9), "GB/s".rjust(8)]
+    header = ["case".ljust(name_width), rate_title.rjust(9), "GB/s".rjust(8)]
     header += [f"vs {title}".rjust(max(9, len(title) + 3)) for _, title in baselines]
     lines: list[str] = []
     for group in results.groups():
