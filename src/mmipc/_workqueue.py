@@ -73,6 +73,8 @@ class _QueueRing(Ring):
         self._claim_token = 0
         self._claim_locked = False
         self._held_back: tuple[_Claim, RecordInfo] | None = None
+        self._copy_in_hold = False  # recv_bytes: _take copies and releases under its lock hold
+        self._copied: bytes | None = None
         self._last_info: RecordInfo | None = None
         self._last_infos: list[RecordInfo] = []
         self._next_maintenance = 0.0
@@ -406,6 +408,12 @@ class _QueueRing(Ring):
                 got = self._claim_next(have_count)
                 if got is not None:
                     self._count(1, got[2])
+                    if self._copy_in_hold:
+                        # recv_bytes: copy and release in this same hold (a lock pair costs
+                        # ~3.5 us: one per record instead of two).
+                        self._copied = self._mm[got[1] : got[1] + got[2]]  # type: ignore[index]
+                        words[self._user_index(got[0])] = _RELEASED
+                        self._walk_head()
             finally:
                 self._unlock_claims()
             if got is not None:
@@ -525,7 +533,15 @@ class _QueueRing(Ring):
         """Claim the next record and return it as ``bytes`` (released at once)."""
         if wait is not None:
             return self._with_wait(wait, self.recv_bytes, timeout)  # type: ignore[no-any-return]
-        pos, start, length = self._take(timeout, False)
+        self._copy_in_hold = True
+        try:
+            pos, start, length = self._take(timeout, False)
+        finally:
+            self._copy_in_hold = False
+        data = self._copied
+        if data is not None:
+            self._copied = None
+            return data
         data = self._mm[start : start + length]  # type: ignore[index]
         self._release_record(pos)
         return data
