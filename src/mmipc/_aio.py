@@ -19,9 +19,9 @@ the fast path, on the loop thread while the helper thread is idle; never both at
 Cancellation and timeouts
 -------------------------
 Cancelling the awaiting task (``task.cancel()``, ``asyncio.timeout``, ``wait_for``) raises
-``CancelledError`` at once; the helper thread notices within one slice and stops before its
-next slice. A receive that completed on the helper thread after the cancellation is **not
-lost**: the object is kept and returned by the next receive, in order. A send that was already
+``CancelledError`` once the helper thread has finished its current slice (at most
+:data:`SLICE`): a receive that completed on the helper thread meanwhile is **not lost**, it is
+kept and returned by the next receive, in order (the wait is what keeps the order). A send that was already
 under way when it was cancelled may still complete (a send is atomic: it either published its
 record or did nothing), so a protocol that must know should not cancel sends, or should use
 ``send_nowait``. ``timeout=`` raises :class:`~mmipc.WaitTimeout` as the blocking call does.
@@ -171,18 +171,22 @@ class _Adapter(Generic[H]):
         clock = loop.time  # time.monotonic: callable from any thread
         deadline = None if timeout is None else clock() + timeout
         result_future: asyncio.Future[T] = loop.create_future()
+        settled: asyncio.Future[None] = loop.create_future()  # deliver ran (stash up to date)
 
         def deliver(ok: bool, value: Any) -> None:
             # On the loop thread, so the future's cancellation cannot race with this check.
             self._busy -= 1
-            if result_future.cancelled():
-                if ok and receive:
-                    stash.append(value)  # its task is gone: the next receive returns it
-                return
-            if ok:
-                result_future.set_result(value)
-            else:
-                result_future.set_exception(value)
+            try:
+                if result_future.cancelled():
+                    if ok and receive:
+                        stash.append(value)  # its task is gone: the next receive returns it
+                    return
+                if ok:
+                    result_future.set_result(value)
+                else:
+                    result_future.set_exception(value)
+            finally:
+                settled.set_result(None)
 
         def work() -> None:
             try:
@@ -226,10 +230,19 @@ class _Adapter(Generic[H]):
             return await result_future
         except asyncio.CancelledError:
             cancelled.set()
-            # Cancelled after the result was set but before this task resumed: keep it.
-            if receive and result_future.done() and not result_future.cancelled():
-                if result_future.exception() is None:
-                    stash.append(result_future.result())
+            if receive:
+                if not settled.done():
+                    # A record this call took may be on its way to the stash: wait (at most one
+                    # slice) until it is there, so that a receive started after this
+                    # cancellation cannot read a later record first.
+                    try:
+                        await asyncio.shield(settled)
+                    except asyncio.CancelledError:
+                        pass  # cancelled again: deliver still stashes it, order best effort
+                # Cancelled after the result was set but before this task resumed: keep it.
+                if result_future.done() and not result_future.cancelled():
+                    if result_future.exception() is None:
+                        stash.append(result_future.result())
             raise
 
 
