@@ -414,15 +414,12 @@ class Client:
         requests = self._requests
         words = requests._ring._words
         assert words is not None
-        # Who serves, seen before the send too: a server that takes the request and dies at
-        # once would otherwise be gone before the client ever saw it.
+        # Who serves, seen before the send: a server that takes the request and dies at once
+        # would be gone before a later look. The wait loop below follows any change.
         server = _consumer_pid(requests)
         before = int(words[L.W_TAIL])
         requests.send((seq, self._reply_name, value), timeout)
         after = int(words[L.W_TAIL])
-        now = _consumer_pid(requests)
-        if now is not None:
-            server = now
         while True:
             wait = CHECK_INTERVAL
             if deadline is not None:
