@@ -649,6 +649,9 @@ def _si(value: float) -> str:
     return f"{value:.3g}"
 
 
+format_rate = _si  # 1.23M, 456k: rates in tables and notes
+
+
 def _ratio(value: float | None, base: float | None) -> str:
     if value is None or base is None or base <= 0:
         return "-"

@@ -385,6 +385,56 @@ def targets(results: H.Results, sizes: list[int], consumers: list[int]) -> list[
     return found
 
 
+def copy_bound(size: int, seconds: float) -> float:
+    """Records/s of a producer that does nothing but copy ``size`` bytes into a ring-sized buffer.
+
+    Every transport here writes each payload at least once on the producer's side (mmipc's
+    ``send``: one copy into the ring), so this is a ceiling for one producer: measured in this
+    process, round robin through ``capacity_for(size)`` bytes of anonymous shared memory.
+    """
+    import mmap
+
+    capacity = capacity_for(size)
+    buf = mmap.mmap(-1, capacity)
+    view = memoryview(buf)
+    payload = payload_of(size)
+    slots = capacity // size
+    for i in range(slots):  # fault every page in first
+        view[i * size : (i + 1) * size] = payload
+    best = 0.0
+    for _ in range(3):
+        done = 0
+        t0 = time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            for i in range(slots):
+                view[i * size : (i + 1) * size] = payload
+            done += slots
+        best = max(best, done / elapsed)
+    view.release()
+    buf.close()
+    return best
+
+
+def print_copy_bounds(
+    results: H.Results, sizes: list[int], consumers: list[int], seconds: float
+) -> dict[str, Any]:
+    """The copy ceiling per size, next to 3x the best faster-fifo figure of each group."""
+    bounds: dict[str, Any] = {}
+    print("producer copy ceiling (one process copying each payload once into a ring-sized buffer):")
+    for size in sizes:
+        bound = copy_bound(size, seconds)
+        line = f"  {H.format_size(size)}: {H.format_rate(bound)} records/s"
+        for n in consumers:
+            _case, peer = _best(results, group_name(n, size), FFIFO_CASES)
+            if peer:
+                line += (
+                    f"; {n} consumers: 3x faster-fifo = {H.format_rate(3 * peer)}/s ({bound / peer:.2f}x it)"
+                )
+        print(line)
+        bounds[str(size)] = bound
+    return bounds
+
+
 def run(args: argparse.Namespace) -> int:
     settings = H.Settings.from_args(args, "queue")
     ctx = H.make_context(settings, preload=["benchmarks.queue", "mmipc", "faster_fifo"])
@@ -420,6 +470,7 @@ def run(args: argparse.Namespace) -> int:
     print("(msgs/s: records consumed per second by all consumers together.)")
     checks = targets(results, args.sizes, args.consumers)
     H.evaluate_targets(checks)
+    bounds = print_copy_bounds(results, args.sizes, args.consumers, settings.seconds)
     H.write_json(
         settings.json_path,
         {
@@ -438,6 +489,7 @@ def run(args: argparse.Namespace) -> int:
             },
             "measurements": [m.to_json() for m in measurements],
             "targets": [t.to_json() for t in checks],
+            "copy_bound_records_per_s": bounds,
             "table": table,
         },
     )

@@ -520,3 +520,22 @@ def hold_writer_lock_joining(ring: mmipc.Ring, held: Any) -> None:
     held.set()
     time.sleep(120)
     raise AssertionError("hold_writer_lock_joining was not killed")
+
+
+def queue_take_killed(ring: mmipc.Ring, conn: Any, first: int, second: int, kill_at: int) -> None:
+    """Take ``first`` records with ``recv_many`` and report them; then take ``second`` with the
+    ring's shared-word stores counted, SIGKILLed at the ``kill_at``-th one (0: never), and
+    report what that call returned and how many stores it made."""
+    from _kvchild import _KillingWords
+
+    with ring:
+        conn.send([check_numbered(r) for r in ring.recv_many(first, timeout=SEND_TIMEOUT)])
+        counter = [0]
+        words = ring._words
+        ring._words = _KillingWords(words, counter, kill_at)  # type: ignore[arg-type,assignment]
+        try:
+            got = ring.recv_many(second, timeout=SEND_TIMEOUT)
+        finally:
+            ring._words = words
+        conn.send([check_numbered(r) for r in got])
+        conn.send(counter[0])

@@ -12,6 +12,7 @@ import pytest
 
 import mmipc
 from mmipc import _cli
+from mmipc import _layout as L
 from mmipc._ring import _sem_names
 
 
@@ -63,7 +64,7 @@ def test_inspect_shows_header_positions_and_participants(named_ring) -> None:
     proc = run_cli("inspect", name, "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
-    assert info["header"]["layout_version"] == 1
+    assert info["header"]["layout_version"] == L.LAYOUT_VERSION == 2
     assert info["multi_writer"] is True
     assert info["records_written"] == 1 and info["records_read"] == 1
     assert info["lag_bytes"] == 0

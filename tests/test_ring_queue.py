@@ -27,6 +27,7 @@ from _ringchild import (
     numbered,
     produce_numbered,
     queue_consume,
+    queue_take_killed,
     read_qmsgs,
 )
 from mmipc import _layout as L
@@ -212,7 +213,8 @@ def test_killed_consumer_records_are_redelivered_flagged(make_ring: Any, mp_cont
     and carrying its sequence number, then 3..9 unflagged; nothing else, nothing twice.
     """
     ring = make_ring(1 << 14, mode="queue")
-    ring.send_many([numbered(s) for s in range(10)])
+    for s in range(10):  # one data record each (batch items are never held: they are copies)
+        ring.send(numbered(s))
     proc, collector = start_consumer(mp_context, ring, "bytes", 0, hold=3)
     try:
         deadline = time.monotonic() + WAIT
@@ -246,6 +248,9 @@ def test_consumers_killed_at_random_moments(make_ring: Any, mp_context: Any) -> 
     empty at the end.
     """
     ring = make_ring(4096, mode="queue")
+    # Views of data records only: a batch item is copied and released when taken, so a consumer
+    # killed before it reports one would look like a loss here (test_batch_items_* cover them).
+    ring._pack_items = False
     rng = random.Random(7)
     hows = ["view", "window"]  # both report a delivery before they release it
     live = [start_consumer(mp_context, ring, hows[i % 2], i) for i in range(3)]
@@ -283,6 +288,7 @@ def test_consumers_killed_at_random_moments(make_ring: Any, mp_context: Any) -> 
 def test_closed_consumer_returns_its_records(make_ring: Any) -> None:
     """A consumer that closes while holding views: another handle receives those, flagged."""
     ring = make_ring(1 << 14, mode="queue")
+    ring._pack_items = False  # send_many writes one data record per item (as a queue Channel does)
     ring.send_many([numbered(s) for s in range(4)])
     import pickle
 
@@ -339,3 +345,115 @@ def test_consumer_killed_holding_the_claim_lock_wedges_nobody(make_ring: Any, mp
         kill_and_join(holder)
     assert got == list(range(5))
     assert ring.stats().redelivered == 0
+
+
+# -- batch records (send_many): items taken through the item cursor --------------------------------
+
+
+def test_batch_items_are_shared_and_released_when_taken(make_ring: Any) -> None:
+    """Items of one batch record go to several consumers, in order; a view of an item is a copy.
+
+    Asserts: two handles alternate over a 6-item batch record and get items 0..5 once each, with
+    the batch record's position and their own sequence numbers; the record is released (the ring
+    is empty) while a view of its last item is still held; nothing is ever redelivered.
+    """
+    ring = make_ring(1 << 14, mode="queue")
+    import pickle
+
+    other = pickle.loads(pickle.dumps(ring))
+    try:
+        ring.send_many([numbered(s) for s in range(6)])
+        got = [check_numbered(ring.recv_bytes(timeout=WAIT))]
+        got += [check_numbered(r) for r in other.recv_many(2, timeout=WAIT)]
+        infos = [ring.last_record, *other.last_records]
+        got += [check_numbered(r) for r in ring.recv_many(2, timeout=WAIT)]
+        infos += ring.last_records
+        with other.recv(timeout=WAIT) as view:
+            got.append(check_numbered(view))
+            infos.append(other.last_record)
+            assert ring.stats().used_bytes == 0
+        assert got == list(range(6))
+        assert [(i.position, i.sequence, i.redelivered) for i in infos] == [(0, s, False) for s in range(6)]
+        assert ring.stats().redelivered == 0 and ring.stats().records_read == 6
+    finally:
+        other.close()
+
+
+def test_batch_item_too_large_for_recv_into_stays(make_ring: Any) -> None:
+    """recv_into with a buffer smaller than the next batch item: ValueError, the item is not taken."""
+    ring = make_ring(1 << 14, mode="queue")
+    ring.send_many([b"a" * 10, b"b" * 100, b"c"])
+    buf = bytearray(50)
+    assert ring.recv_into(buf) == 10 and buf[:10] == b"a" * 10
+    with pytest.raises(ValueError, match="record of 100 bytes does not fit a buffer of 50 bytes"):
+        ring.recv_into(buf)
+    assert ring.recv_many(10) == [b"b" * 100, b"c"]
+
+
+@pytest.mark.crash
+def test_batch_item_taker_killed_at_every_store(make_ring: Any, mp_context: Any) -> None:
+    """A consumer taking items of batch records is SIGKILLed at each shared-word store in turn.
+
+    Two batch records of 8 items. The child takes 3 items (reported), then 7 more: the rest of
+    the first record (which it finishes) and 2 of the second. The second take is killed at its
+    1st, 2nd, ... store until one run makes it to the end. A take is delivered by its stores (the
+    items are released as they are taken: ``recv_many`` returns copies), so a take killed midway
+    has delivered what it stored and never returned it: those items are gone, like a record
+    read from a pipe by a process killed before it used it. Asserts, for every kill point: what
+    the child returned plus what this process then receives has no duplicate and nothing
+    flagged; what is missing lies within the killed take's items 3..9 and is exactly a prefix of
+    them (the take commits in order); a kill before the take's first commit loses nothing; the
+    ring ends empty and consistent.
+    """
+    kill_at = 0
+    completed = False
+    losses: list[int] = []
+    while not completed:
+        kill_at += 1
+        assert kill_at < 100, "the take never completed"
+        ring = make_ring(1 << 14, mode="queue")
+        ring.send_many([numbered(s) for s in range(8)])
+        ring.send_many([numbered(s) for s in range(8, 16)])
+        r, w = mp_context.Pipe(duplex=False)
+        proc = mp_context.Process(target=queue_take_killed, args=(ring, w, 3, 7, kill_at))
+        try:
+            proc.start()
+            w.close()
+            reported: list[int] = []
+            try:
+                while True:
+                    msg = r.recv()
+                    if isinstance(msg, int):
+                        completed = True
+                        break
+                    reported += msg
+            except EOFError:
+                pass
+            proc.join(WAIT)
+        finally:
+            kill_and_join(proc)
+            r.close()
+        if completed:
+            assert proc.exitcode == 0 and reported == list(range(10))
+        else:
+            assert proc.exitcode == -9 and reported == [0, 1, 2]
+        rest = ring.recv_many(100, timeout=WAIT)
+        infos = ring.last_records
+        while True:
+            try:
+                rest += ring.recv_many(100, timeout=0.2)
+            except mmipc.WaitTimeout:
+                break
+            infos += ring.last_records
+        seen = reported + [check_numbered(x) for x in rest]
+        assert len(seen) == len(set(seen)), kill_at  # nothing twice
+        missing = sorted(set(range(16)) - set(seen))
+        assert missing == list(range(3, 3 + len(missing))) and len(missing) <= 7, (kill_at, missing)
+        losses.append(len(missing))
+        assert not any(i.redelivered for i in infos)
+        with pytest.raises(mmipc.WouldBlock):
+            ring.recv_bytes_nowait()
+        assert ring.stats().used_bytes == 0
+        ring.close()
+    assert kill_at > 4  # the take made several stores, each one a kill point
+    assert losses[0] == 0 and losses[-1] == 0  # killed before its first store; not killed

@@ -144,6 +144,10 @@ class Channel:
         self._ring = ring
         self._mode: str = getattr(ring, "mode", "single")
         self._queue = self._mode == "queue"
+        if self._queue:
+            # One record per object: a queue channel rebuilds an object before releasing its
+            # record, so an object whose receiver dies is redelivered; batch items cannot be.
+            ring._pack_items = False  # type: ignore[attr-defined]
         self._subscriber = isinstance(ring, Subscriber)
         self._serializer = serializer
         self._copy_threshold = copy_threshold

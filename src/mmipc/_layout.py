@@ -111,7 +111,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = b"MMIPCREG"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: ring modes (flags), queue rings with batch records and the item cursor
 
 KIND_RING = 1
 KIND_KV = 2
@@ -492,6 +492,13 @@ S_KV_WAIT = 6
 #                            may over-count after a crash in recovery, never under-count)
 #     912 redelivered        records delivered again after their consumer died
 #     920 consumers_recovered  dead consumers whose records were recovered
+#     928 q_item             items of the batch record at ``q_item_pos`` already taken (valid
+#     936 q_item_pos         only while ``q_item_pos == claim``; stored count first, then position)
+#
+# Batch records (``send_many``) in a queue ring are taken item by item, by many consumers, in
+# order: a taker copies the items and releases them in the same hold (a batch record has no owner
+# to redeliver for); the one who takes the last item stores ``Q_RELEASED`` in its ``user`` word
+# and then moves ``claim`` past it.
 #
 # Broadcast block at 1024 (written by producers and joiners, under the writer semaphore):
 #
@@ -526,6 +533,8 @@ W_Q_CLAIM = 896 // 8
 W_Q_REDELIVER_PENDING = 904 // 8
 W_Q_REDELIVERED = 912 // 8
 W_Q_CONSUMERS_RECOVERED = 920 // 8
+W_Q_ITEM = 928 // 8
+W_Q_ITEM_POS = 936 // 8
 W_B_SUB_EPOCH = 1024 // 8
 W_B_LAPPED_TOTAL = 1032 // 8
 

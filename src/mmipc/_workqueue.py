@@ -1,9 +1,10 @@
 """Work-queue rings: each record goes to exactly one of many consumer processes.
 
 ``Ring.create(capacity, mode="queue")`` builds a :class:`_QueueRing` (shown as ``mmipc.Ring``).
-Producers are the Ring's (one writer, or many with ``multi_writer=True``); ``send_many`` writes
-one record per item (no batch records: a record is the unit a consumer claims and releases).
-Every consumer process calls the usual receive methods on its own handle.
+Producers are the Ring's (one writer, or many with ``multi_writer=True``); ``send_many`` packs
+runs of small items into batch records, as in the single-consumer mode (a queue Channel turns
+that off: it needs one record per object). Every consumer process calls the usual receive
+methods on its own handle.
 
 Protocol (byte layout in ``_layout``, "Ring modes"):
 
@@ -13,6 +14,14 @@ Protocol (byte layout in ``_layout``, "Ring modes"):
   ``(slot + 1) | generation << 16`` in the record header's ``user`` word, *then* advances
   ``claim`` (one store each): a consumer killed in between leaves a record at ``claim`` that the
   next claimer simply claims again.
+* **Batch records** are taken item by item through the *item cursor* (``q_item`` items of the
+  batch record at ``q_item_pos`` are taken; valid only while ``q_item_pos == claim``), by any
+  number of consumers, each taking a run of items per hold. A taker copies its items and
+  releases them in the same hold: batch items are never held, so a batch record needs no owner
+  and is never redelivered. Whoever takes the last item marks the record released, then
+  advances ``claim``; a partial take stores ``q_item``, then ``q_item_pos``. A taker killed
+  between any two of these stores never returned its copies, and its successor takes the same
+  items again: nothing is lost or delivered twice.
 * **Releasing, in any order.** Releasing a record is one store of ``Q_RELEASED`` into its
   ``user`` word, under the claim lock, followed by a walk: ``head`` passes every released record
   (and padding) in order. Stores and walks all under one lock, so no release is missed (every
@@ -37,25 +46,35 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
+from itertools import accumulate
+from types import TracebackType
 from typing import Any
 
 from . import _layout as L
 from ._errors import ClosedError, CorruptionError, EndOfStream, MmipcError, WaitTimeout, WouldBlock
 from ._region import Region
-from ._ring import RecordInfo, Ring, register_mode
+from ._ring import RecordInfo, Ring, _Received, _unpack_lengths, register_mode
 from ._semaphore import SLICE
+from ._views import tracked_view
 from ._wait import WaitStrategy, poll_until_above
+from ._wait import resolve as _resolve_wait
 
 __all__: list[str] = []
 
 # How often an idle consumer (or a producer waiting for space) looks for dead consumers.
 LIVENESS_INTERVAL = 0.1
 CLAIM_LOCK_TIMEOUT = 10.0  # longest wait for the claim lock where no timeout applies
+# Records longer than this are copied outside the claim lock (claimed, copied, released in a
+# second hold), so that one consumer's long copy does not stall the others.
+COPY_IN_HOLD_MAX = 16 << 10
 NOWAIT_LOCK_WAIT = 0.01  # ``_nowait`` calls: the lock is held for microseconds, unless a holder is stuck
 
-_DATA, _PADDING, _END = L.REC_DATA, L.REC_PADDING, L.REC_END
+_DATA, _PADDING, _END, _BATCH = L.REC_DATA, L.REC_PADDING, L.REC_END, L.REC_BATCH
+_BATCH_HEAD = L.BATCH_HEAD
+_ANY = 1 << 62  # no limit (records, bytes, fit)
 _RELEASED, _REDELIVER = L.Q_RELEASED, L.Q_REDELIVER
 
 # (position, payload offset, length, sequence, redelivered)
@@ -72,11 +91,12 @@ class _QueueRing(Ring):
         super().__init__(region, _token=_token)
         self._claim_token = 0
         self._claim_locked = False
-        self._held_back: tuple[_Claim, RecordInfo] | None = None
-        self._copy_in_hold = False  # recv_bytes: _take copies and releases under its lock hold
-        self._copied: bytes | None = None
-        self._last_info: RecordInfo | None = None
-        self._last_infos: list[RecordInfo] = []
+        self._pack_items = True  # send_many packs small items into batch records (Channel: False)
+        self._copies: list[bytes] = []  # what the last receive took (bytes, released already)
+        self._runs: list[tuple[int, int, bool, int]] = []  # ... as (position, sequence, redelivered, n)
+        self._claimed_bytes = 0
+        self._batch_cache: tuple[int, int, list[int], list[int]] | None = None
+        self._deferred: list[tuple[int, int, int, int]] = []  # (index in _copies, position, start, length)
         self._next_maintenance = 0.0
         self._user_base = self._data_offset + L.RECORD_USER_OFFSET  # + pos % capacity, then // 8
 
@@ -111,8 +131,9 @@ class _QueueRing(Ring):
     # -- writing: one record per item ---------------------------------------------------------------
 
     def _plan_records(self, sizes: list[int]) -> Iterator[tuple[int, int, int, int]]:
-        for i, size in enumerate(sizes):
-            yield i, 1, size, size
+        if self._pack_items:
+            return super()._plan_records(sizes)
+        return ((i, 1, size, size) for i, size in enumerate(sizes))
 
     def _wait_space(self, end: int, timeout: float | None, nowait: bool) -> None:
         cap = self._capacity
@@ -287,58 +308,168 @@ class _QueueRing(Ring):
         for field in (L.S_RECORDS_READ, L.S_BYTES_READ, L.S_WAITS, L.S_PINNED):
             words[L.slot_word(slot, field)] = 0
         self._outstanding = deque()
-        self._held_back = None
         self._consumer_role = True
 
-    def _claim_next(self, have_count: bool) -> _Claim | None:
-        """Under the claim lock: claim a record (redeliveries first); None if there is none.
+    def _claim(self, have_count: bool, limit: int, max_bytes: int, hold: bool, fit: int) -> _Claim | None:
+        """Under the claim lock: take records and batch items in order (redeliveries first).
 
-        Raises :class:`EndOfStream` at the end-of-stream record once no redelivery is pending.
+        Every record and item taken goes to ``self._copies`` as ``bytes`` and is released at
+        once (in this hold), up to ``limit`` of them and about ``max_bytes``. Data records longer
+        than :data:`COPY_IN_HOLD_MAX` are claimed instead and listed in ``self._deferred``: the
+        caller copies them after the hold (other consumers go on meanwhile) and releases them
+        in a second one (a crash in between redelivers them, flagged). Except with
+        ``hold`` (``recv``, ``recv_into``, one record), where a *data* record is claimed for this
+        consumer and returned instead (it stays claimed until released, and is redelivered if
+        this consumer dies first). Batch items are always copied: a batch record's items are
+        taken by many consumers, in order, through the item cursor (``q_item`` at
+        ``q_item_pos``), and a batch record has no owner to redeliver for.
+
+        Nothing is taken if the next record (or item) is longer than ``fit``: raises
+        :class:`_TooLarge`. Raises :class:`EndOfStream` at the end-of-stream record once no
+        redelivery is pending, if nothing was taken in this call.
         """
-        words = self._words
-        assert words is not None
+        words, mm = self._words, self._mm
+        assert words is not None and mm is not None
         token = self._claim_token
-        if words[L.W_Q_REDELIVER_PENDING]:
-            got = self._claim_redelivery(token)
-            if got is not None:
-                return got
-        cap = self._capacity
-        claim, tail = words[L.W_Q_CLAIM], words[L.W_TAIL]
-        if not 0 <= tail - claim <= cap or claim < words[L.W_HEAD]:
-            raise CorruptionError(
-                f"queue ring {self.name!r}: claim position {claim} is outside head {words[L.W_HEAD]} "
-                f".. tail {tail} (the header was overwritten)"
-            )
-        while claim < tail:
+        cap, data_offset, user_base = self._capacity, self._data_offset, self._user_base
+        copies, runs = self._copies, self._runs
+        nbytes = 0
+        while len(copies) < limit and nbytes < max_bytes:
+            if words[L.W_Q_REDELIVER_PENDING]:
+                got = self._claim_redelivery(token, fit)
+                if got is not None:
+                    if hold:
+                        return got
+                    pos, start, length, seq, _redelivered = got
+                    if length > COPY_IN_HOLD_MAX:
+                        self._deferred.append((len(copies), pos, start, length))
+                        copies.append(b"")  # copied after the hold, then released
+                    else:
+                        copies.append(mm[start : start + length])
+                        words[(user_base + pos % cap) >> 3] = _RELEASED
+                    runs.append((pos, seq, True, 1))
+                    nbytes += length
+                    continue
+            claim, tail = words[L.W_Q_CLAIM], words[L.W_TAIL]
+            if not 0 <= tail - claim <= cap or claim < words[L.W_HEAD]:
+                raise CorruptionError(
+                    f"queue ring {self.name!r}: claim position {claim} is outside head {words[L.W_HEAD]} "
+                    f".. tail {tail} (the header was overwritten)"
+                )
+            if claim >= tail:
+                break
             length, rtype, flags, size, seq = self._read_header(claim, tail)
+            if rtype == _DATA:
+                if length > fit:
+                    raise _TooLarge(length)
+            elif rtype == _BATCH:
+                first, begins, ends = self._queue_batch(claim, length)
+                count = len(ends)
+                k = words[L.W_Q_ITEM] if words[L.W_Q_ITEM_POS] == claim else 0
+                if not 0 <= k < count:
+                    raise CorruptionError(
+                        f"queue ring {self.name!r}: item cursor {k} is outside the batch record of "
+                        f"{count} items at position {claim}"
+                    )
+                if ends[k] - begins[k] > fit:
+                    raise _TooLarge(ends[k] - begins[k])
+                if k:
+                    flags &= ~L.FLAG_FIRST  # the group's count went to the item 0 taker
             if flags & L.FLAG_FIRST and not have_count:
                 sem = self._sem_data
                 assert sem is not None
                 if sem.value:
                     sem.try_acquire()  # this group's count (bounds the semaphore, DESIGN.md 3.5)
             have_count = False
-            if rtype == _PADDING:
-                claim += size
-                words[L.W_Q_CLAIM] = claim
-                continue
-            if rtype == _END:
+            if rtype == _DATA:
+                index = (user_base + claim % cap) >> 3
+                start = data_offset + claim % cap + 32
+                if hold or length > COPY_IN_HOLD_MAX:
+                    words[index] = token  # claimed: first the mark, then the position
+                    words[L.W_Q_CLAIM] = claim + size
+                    if hold:
+                        return claim, start, length, seq, False
+                    self._deferred.append((len(copies), claim, start, length))
+                    copies.append(b"")  # copied after the hold, then released
+                else:
+                    copies.append(mm[start : start + length])
+                    words[index] = _RELEASED
+                    words[L.W_Q_CLAIM] = claim + size
+                runs.append((claim, seq, False, 1))
+                nbytes += length
+            elif rtype == _BATCH:
+                stop = count if not hold else k + 1
+                stop = min(stop, k + limit - len(copies))
+                begin = begins[k]
+                if ends[stop - 1] - begin > max_bytes - nbytes:
+                    stop = max(k + 1, bisect_right(ends, begin + max_bytes - nbytes, k, stop))
+                end = ends[stop - 1]
+                if stop == k + 1:
+                    copies.append(mm[first + begin : first + end])
+                else:
+                    blob = mm[first + begin : first + end]
+                    copies.extend(
+                        [
+                            blob[b - begin : e - begin]
+                            for b, e in zip(begins[k:stop], ends[k:stop], strict=True)
+                        ]
+                    )
+                runs.append((claim, seq + k, False, stop - k))
+                nbytes += end - begin
+                if stop < count:
+                    # Item cursor: the count, then the record it belongs to. A consumer killed
+                    # in between leaves a pair that does not match: its successor takes the items
+                    # again from 0 (the dead one never returned them). Then the limit is reached.
+                    words[L.W_Q_ITEM] = stop
+                    words[L.W_Q_ITEM_POS] = claim
+                    break
+                words[(user_base + claim % cap) >> 3] = _RELEASED  # then the position
+                words[L.W_Q_CLAIM] = claim + size
+            elif rtype == _PADDING:
+                words[L.W_Q_CLAIM] = claim + size
+            elif rtype == _END:
+                if copies:
+                    break  # the next call raises EndOfStream
                 self._reap_dead()  # nobody else may be left to do it
                 if words[L.W_Q_REDELIVER_PENDING]:
-                    got = self._claim_redelivery(token)
-                    if got is not None:
-                        return got
+                    continue  # claim the redeliveries first
                 raise EndOfStream(f"ring {self.name!r}: the stream was ended and is drained")
-            if rtype != _DATA:
+            else:
                 raise CorruptionError(
                     f"queue ring {self.name!r}: record at position {claim} has type {rtype}, "
                     "which queue rings never write"
                 )
-            words[self._user_index(claim)] = token  # claimed: first the mark, then the position
-            words[L.W_Q_CLAIM] = claim + size
-            return claim, self._data_offset + claim % cap + 32, length, seq, False
+        self._claimed_bytes = nbytes
         return None
 
-    def _claim_redelivery(self, token: int) -> _Claim | None:
+    def _queue_batch(self, pos: int, length: int) -> tuple[int, list[int], list[int]]:
+        """Validate the batch record at ``pos``: (offset of its first payload, item begins, ends).
+
+        Kept for the record at hand: claimers take a batch record's items over many calls.
+        """
+        cached = self._batch_cache
+        if cached is not None and cached[0] == pos:
+            return cached[1], cached[2], cached[3]
+        mm = self._mm
+        assert mm is not None
+        base = self._data_offset + pos % self._capacity + 32
+        count, reserved = _BATCH_HEAD.unpack_from(mm, base)
+        table = (4 * count + 7) & ~7
+        if count < 2 or reserved != 0 or 8 + table > length:
+            raise CorruptionError(
+                f"queue ring {self.name!r}: batch record at position {pos} has an invalid item count {count}"
+            )
+        ends = list(accumulate(_unpack_lengths(mm[base + 8 : base + 8 + 4 * count])))
+        if 8 + table + ends[-1] != length:
+            raise CorruptionError(
+                f"queue ring {self.name!r}: batch record at position {pos}: item lengths add up to "
+                f"{ends[-1]}, the record holds {length - 8 - table}"
+            )
+        begins = [0, *ends[:-1]]
+        self._batch_cache = (pos, base + 8 + table, begins, ends)
+        return base + 8 + table, begins, ends
+
+    def _claim_redelivery(self, token: int, fit: int) -> _Claim | None:
         words = self._words
         assert words is not None
         pos, claim, tail = words[L.W_HEAD], words[L.W_Q_CLAIM], words[L.W_TAIL]
@@ -346,6 +477,8 @@ class _QueueRing(Ring):
             length, rtype, _flags, size, seq = self._read_header(pos, tail)
             index = self._user_index(pos)
             if rtype == _DATA and words[index] == _REDELIVER:
+                if length > fit:
+                    raise _TooLarge(length)
                 words[index] = token
                 pending = words[L.W_Q_REDELIVER_PENDING]
                 words[L.W_Q_REDELIVER_PENDING] = pending - 1 if pending else 0
@@ -365,19 +498,17 @@ class _QueueRing(Ring):
         words[L.slot_word(slot, L.S_RECORDS_READ)] += records
         words[L.slot_word(slot, L.S_BYTES_READ)] += nbytes
 
-    def _take(self, timeout: float | None, nowait: bool) -> tuple[Any, int, int]:
-        """Claim the next record (waiting); return (its position as release marker, offset, length)."""
+    def _acquire(
+        self, timeout: float | None, nowait: bool, limit: int, max_bytes: int, hold: bool, fit: int = _ANY
+    ) -> _Claim | None:
+        """Wait for records and take them (:meth:`_claim`); copies are in ``self._copies``."""
         if self._closed:
             raise ClosedError(f"ring {self.name!r} is closed")
         if not self._consumer_role:
             self._claim_consumer()
-        held = self._held_back
-        if held is not None:
-            self._held_back = None
-            (pos, start, length, _seq, _re), info = held
-            self._last_info = info
-            self._last_infos = [info]
-            return pos, start, length
+        self._copies = []
+        self._runs = []
+        self._deferred = []
         if self._outstanding:
             self._advance()
         words = self._words
@@ -405,23 +536,19 @@ class _QueueRing(Ring):
                 if now >= self._next_maintenance:  # busy consumers look for dead peers too
                     self._next_maintenance = now + LIVENESS_INTERVAL
                     self._reap_dead()
-                got = self._claim_next(have_count)
+                got = self._claim(have_count, limit, max_bytes, hold, fit)
                 if got is not None:
                     self._count(1, got[2])
-                    if self._copy_in_hold:
-                        # recv_bytes: copy and release in this same hold (a lock pair costs
-                        # ~3.5 us: one per record instead of two).
-                        self._copied = self._mm[got[1] : got[1] + got[2]]  # type: ignore[index]
-                        words[self._user_index(got[0])] = _RELEASED
-                        self._walk_head()
+                    self._runs.append((got[0], got[3], got[4], 1))
+                elif self._copies:
+                    self._count(len(self._copies), self._claimed_bytes)
+                    self._walk_head()  # they were released in this hold
             finally:
                 self._unlock_claims()
-            if got is not None:
-                pos, start, length, seq, redelivered = got
-                info = RecordInfo(pos, seq, redelivered)
-                self._last_info = info
-                self._last_infos = [info]
-                return pos, start, length
+            if self._deferred:
+                self._copy_deferred()
+            if got is not None or self._copies:
+                return got
             have_count = False
             if nowait:
                 raise WouldBlock(f"queue ring {self.name!r} has no record ready")
@@ -456,13 +583,20 @@ class _QueueRing(Ring):
             if self._closed:
                 raise ClosedError(f"ring {self.name!r} is closed")
 
-    def _unread(self, length: int) -> None:
-        """``recv_into`` with a buffer too small: keep the claimed record for the next call."""
-        info = self._last_info
-        assert info is not None
-        pos = info.position
-        start = self._data_offset + pos % self._capacity + 32
-        self._held_back = ((pos, start, length, info.sequence, info.redelivered), info)
+    def _copy_deferred(self) -> None:
+        """Copy the large records :meth:`_claim` claimed for this call, then release them."""
+        mm = self._mm
+        assert mm is not None
+        copies, deferred = self._copies, self._deferred
+        self._deferred = []
+        try:
+            for i, _pos, start, length in deferred:
+                copies[i] = mm[start : start + length]
+        finally:
+            self._release_records([pos for _i, pos, _start, _length in deferred])
+
+    def _take(self, timeout: float | None, nowait: bool) -> tuple[Any, int, int]:
+        raise AssertionError("queue rings receive through _acquire")  # pragma: no cover
 
     def _done(self, end: Any) -> None:
         self._release_record(end)
@@ -520,31 +654,74 @@ class _QueueRing(Ring):
         """Position, sequence number and redelivery flag of the record received last.
 
         After :meth:`recv_many`: the last of its records (:attr:`last_records` has them all).
-        ``redelivered`` is true for a record whose first consumer died holding it.
+        ``redelivered`` is true for a record whose first consumer died holding it. An item of a
+        batch record (``send_many``) has the batch record's position and its own sequence number.
         """
-        return self._last_info
+        if not self._runs:
+            return None
+        pos, seq, redelivered, n = self._runs[-1]
+        return RecordInfo(pos, seq + n - 1, redelivered)
 
     @property
     def last_records(self) -> list[RecordInfo]:
         """:class:`RecordInfo` of every record the last receive call returned, in order."""
-        return list(self._last_infos)
+        return [
+            RecordInfo(pos, seq + i, redelivered) for pos, seq, redelivered, n in self._runs for i in range(n)
+        ]
+
+    def recv(self, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> _Received:
+        """Claim the next record and receive it as a read-only view (``with ring.recv() as view``).
+
+        A data record stays claimed by this consumer until the block exits and the view is
+        unreferenced; if the consumer dies first, another consumer receives it (flagged
+        ``redelivered``). An item of a batch record (small items sent with ``send_many``) is
+        copied and released when taken, as with :meth:`recv_bytes`: the view is of that copy.
+        """
+        return _QueueReceived(self, timeout, False, None if wait is None else _resolve_wait(wait))
+
+    def recv_nowait(self) -> _Received:
+        """:meth:`recv` that raises :class:`WouldBlock` if no record is ready."""
+        return _QueueReceived(self, 0.0, True)
 
     def recv_bytes(self, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> bytes:
-        """Claim the next record and return it as ``bytes`` (released at once)."""
+        """Take the next record as ``bytes``: claimed, copied and released in one claim-lock hold."""
         if wait is not None:
             return self._with_wait(wait, self.recv_bytes, timeout)  # type: ignore[no-any-return]
-        self._copy_in_hold = True
+        self._acquire(timeout, False, 1, _ANY, False)
+        return self._copies[0]
+
+    def recv_bytes_nowait(self) -> bytes:
+        """:meth:`recv_bytes` that raises :class:`WouldBlock` if no record is ready."""
+        self._acquire(0.0, True, 1, _ANY, False)
+        return self._copies[0]
+
+    def recv_into(
+        self, buffer: Any, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+    ) -> int:
+        """Copy the next record into a writable ``buffer``; return its length.
+
+        A record larger than ``buffer`` raises ``ValueError`` and stays unclaimed.
+        """
+        if wait is not None:
+            return self._with_wait(wait, self.recv_into, buffer, timeout)  # type: ignore[no-any-return]
+        target = memoryview(buffer).cast("B")
         try:
-            pos, start, length = self._take(timeout, False)
+            got = self._acquire(timeout, False, 1, _ANY, True, target.nbytes)
+        except _TooLarge as exc:
+            raise ValueError(
+                f"record of {exc.args[0]} bytes does not fit a buffer of {target.nbytes} bytes"
+            ) from None
+        if got is None:
+            data = self._copies[0]
+            target[: len(data)] = data
+            return len(data)
+        pos, start, length, _seq, _redelivered = got
+        try:
+            assert self._buf is not None
+            target[:length] = self._buf[start : start + length]
         finally:
-            self._copy_in_hold = False
-        data = self._copied
-        if data is not None:
-            self._copied = None
-            return data
-        data = self._mm[start : start + length]  # type: ignore[index]
-        self._release_record(pos)
-        return data
+            self._release_record(pos)
+        return length
 
     def recv_many(
         self,
@@ -554,42 +731,17 @@ class _QueueRing(Ring):
         *,
         wait: str | WaitStrategy | None = None,
     ) -> list[bytes]:
-        """Claim up to ``max_records`` records (one claim-lock hold), waiting only for the first."""
+        """Take up to ``max_records`` records as ``bytes`` in one claim-lock hold, waiting only for the first.
+
+        Stops adding records once about ``max_bytes`` of payload are collected; every record
+        taken is released before the call returns.
+        """
         if wait is not None:
             return self._with_wait(wait, self.recv_many, max_records, timeout, max_bytes)  # type: ignore[no-any-return]
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
-        pos, start, length = self._take(timeout, False)
-        mm = self._mm
-        assert mm is not None
-        out = [mm[start : start + length]]
-        self._release_record(pos)
-        infos = self._last_infos
-        nbytes = length
-        if max_records > 1 and nbytes < max_bytes:
-            claims: list[_Claim] = []
-            self._lock_claims()
-            try:
-                while len(claims) + 1 < max_records and nbytes < max_bytes:
-                    try:
-                        got = self._claim_next(False)
-                    except EndOfStream:
-                        break  # the next call raises it
-                    if got is None:
-                        break
-                    claims.append(got)
-                    nbytes += got[2]
-                if claims:
-                    self._count(len(claims), sum(c[2] for c in claims))
-            finally:
-                self._unlock_claims()
-            for cpos, cstart, clength, seq, redelivered in claims:
-                out.append(mm[cstart : cstart + clength])
-                infos.append(RecordInfo(cpos, seq, redelivered))
-            if claims:
-                self._release_records([c[0] for c in claims])
-                self._last_info = infos[-1]
-        return out
+        self._acquire(timeout, False, max_records, max_bytes, False)
+        return self._copies
 
     def _pinned_count(self) -> int:
         words = self._words
@@ -606,7 +758,6 @@ class _QueueRing(Ring):
         return {"mode": "queue", "redelivered": int(words[L.W_Q_REDELIVERED])}
 
     def _after_fork_in_child(self) -> None:
-        self._held_back = None
         self._claim_locked = False
         super()._after_fork_in_child()
 
@@ -630,8 +781,51 @@ class _QueueRing(Ring):
                 finally:
                     self._unlock_claims()
             self._outstanding = deque()
-            self._held_back = None
         super().close()
+
+
+class _TooLarge(Exception):
+    """``recv_into``: the next record does not fit the buffer (nothing was taken)."""
+
+
+class _QueueReceived(_Received):
+    """:meth:`_QueueRing.recv`: a claimed data record as a tracked view, or a batch item's copy."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> memoryview:
+        if self._entry is not None:
+            raise RuntimeError("a received record can be entered only once")
+        ring: _QueueRing = self._ring  # type: ignore[assignment]
+        args = (self._timeout, self._nowait, 1, _ANY, True)
+        got = (
+            ring._acquire(*args) if self._wait is None else ring._with_wait(self._wait, ring._acquire, *args)
+        )
+        if got is None:
+            view = memoryview(ring._copies[0])
+            self._entry = [None, view, None, True]
+            return view
+        assert ring._mm is not None
+        view, ref = tracked_view(ring._mm, got[1], got[2])
+        entry = [got[0], view, ref, False]
+        ring._outstanding.append(entry)
+        self._entry = entry
+        return view
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        entry = self._entry
+        if entry is not None and entry[0] is None:  # a copy: nothing to release in the ring
+            view = entry[1]
+            entry[1] = None
+            if view is not None:
+                try:
+                    view.release()
+                except BufferError:
+                    pass
+            return
+        super().__exit__(exc_type, exc, tb)
 
 
 register_mode(L.RING_QUEUE, _QueueRing)
