@@ -539,3 +539,57 @@ def queue_take_killed(ring: mmipc.Ring, conn: Any, first: int, second: int, kill
             ring._words = words
         conn.send([check_numbered(r) for r in got])
         conn.send(counter[0])
+
+
+# -- rewinding (test_ring_rewind) -------------------------------------------------------------------
+
+
+def big_numbered(seq: int, size: int) -> bytes:
+    """Record ``seq`` of a stream of ``size``-byte records (8-byte seq, then a fill byte)."""
+    return seq.to_bytes(8, "little") + bytes([seq % 251]) * (size - 8)
+
+
+def check_big_numbered(data: Any, size: int) -> int:
+    seq = int.from_bytes(bytes(data[:8]), "little")
+    if len(data) != size or bytes(data[8:]) != bytes([seq % 251]) * (size - 8):
+        raise AssertionError(f"record {seq} is corrupt")
+    return seq
+
+
+def produce_acked(ring: mmipc.Ring, count: int, size: int, acks: Any, per_record: int, window: int) -> None:
+    """Send ``count`` big numbered records, at most ``window`` ahead of the consumers: before
+    record ``k >= window`` it takes ``per_record`` acks (each receiver acks each record it has
+    released), so the consumers stay close behind and the producer rewinds. Ends the stream."""
+    with ring:
+        for seq in range(count):
+            if seq >= window:
+                for _ in range(per_record):
+                    assert acks.acquire(timeout=SEND_TIMEOUT), "a consumer stopped acking"
+            ring.send(big_numbered(seq, size), timeout=SEND_TIMEOUT)
+        ring.end_stream(timeout=SEND_TIMEOUT)
+
+
+def consume_acked(ring: mmipc.Ring, how: str, size: int, acks: Any, conn: Any, ready: Any = None) -> None:
+    """Receive big numbered records until the end of the stream, acking each one after its
+    release; send back the seqs. ``how``: ``"view"``, ``"subscribe"`` (a broadcast subscriber
+    reading views; sets ``ready`` once subscribed) or ``"bytes"`` (``recv_bytes``)."""
+    got = []
+    with ring:
+        source = ring
+        if how == "subscribe":
+            source = ring.subscribe(start="next")
+            ready.set()
+        try:
+            while True:
+                if how == "bytes":
+                    got.append(check_big_numbered(source.recv_bytes(timeout=SEND_TIMEOUT), size))
+                else:
+                    with source.recv(timeout=SEND_TIMEOUT) as view:
+                        got.append(check_big_numbered(view, size))
+                acks.release()
+        except mmipc.EndOfStream:
+            pass
+        finally:
+            if source is not ring:
+                source.close()
+    conn.send(got)

@@ -53,7 +53,7 @@ from typing import Any
 from . import _layout as L
 from ._errors import ClosedError, CorruptionError, Lapped, RegionNotFound, WaitTimeout, WouldBlock
 from ._region import Region
-from ._ring import _PRIVATE, RecordInfo, Ring, _Received, register_mode
+from ._ring import _PRIVATE, REWIND_LAG, REWIND_RECHECK, RecordInfo, Ring, _Received, register_mode
 from ._semaphore import SLICE, Semaphore, semaphore_name, unlink_semaphore
 from ._views import tracked_view
 from ._wait import WaitStrategy
@@ -214,6 +214,33 @@ class _BroadcastRing(Ring):
             if words[L.slot_word(slot, L.S_SUB_STATE)] & _STATE_MASK in (L.SUB_TETHERED, L.SUB_UNTETHERING):
                 out.append(slot)
         return out
+
+    def _may_rewind(self, pos: int) -> bool:
+        """Under the writer semaphore: rewind (``_ring.REWIND_AT``) only while at least one
+        subscription is counted and none is more than ``REWIND_LAG`` behind. With no
+        subscriber the ring keeps its full capacity of history for ``start="oldest"``."""
+        words = self._words
+        assert words is not None
+        limit = pos - REWIND_LAG
+        counted = False
+        first = L.slot_word(0, 0)
+        stride = L.slot_word(1, 0) - first
+        active, subscriber = L.SLOT_ACTIVE, L.ROLE_SUBSCRIBER
+        tethered, untethering = L.SUB_TETHERED, L.SUB_UNTETHERING
+        for base in range(first, first + stride * self._participants.capacity, stride):
+            if words[base + L.S_STATE] & 0xFF != active or not words[base + L.S_ROLES] & subscriber:
+                continue
+            kind = words[base + L.S_SUB_STATE] & _STATE_MASK
+            if kind != tethered and kind != untethering:
+                continue
+            if words[base + L.S_CURSOR] < limit:
+                counted = False
+                break
+            counted = True
+        if counted:
+            return True
+        self._rewind_from = pos + REWIND_RECHECK
+        return False
 
     def _min_cursor(self) -> int:
         """The lowest position any counted subscription still needs (``tail`` if none).

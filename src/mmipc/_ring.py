@@ -104,6 +104,17 @@ _BATCH_HEAD = L.BATCH_HEAD
 # send_many packs runs of items this small into batch records of at most BATCH_RECORD_MAX bytes.
 BATCH_ITEM_MAX = 1024
 BATCH_RECORD_MAX = 1 << 16
+
+# Rewinding: a producer at an offset of REWIND_AT or more whose slowest consumer is at most
+# REWIND_LAG bytes behind pads to the end and writes at offset 0, so that while the consumers
+# keep up the ring's working set stays about REWIND_AT plus a record, inside the CPU's caches,
+# whatever the capacity (copying 1 MiB into a 64 MiB ring round robin: 51 us; into 8 MiB:
+# 21 us; 32 MiB L3 here). The padding is accounted like any record, so rewinding never
+# overwrites anything: the consumers read on to the padding and skip it, and until they do the
+# producer has about REWIND_AT of room. A failed check is repeated after REWIND_RECHECK bytes.
+REWIND_AT = 8 << 20
+REWIND_LAG = REWIND_AT // 2
+REWIND_RECHECK = 1 << 20
 _LITTLE = sys.byteorder == "little"
 
 
@@ -308,6 +319,9 @@ class Ring:
         self._region = region
         hdr = region.header()
         self._capacity: int = hdr["data_size"]
+        # Rings up to twice REWIND_AT never rewind (the offset never reaches the capacity).
+        self._rewind_at = REWIND_AT if self._capacity > 2 * REWIND_AT else self._capacity
+        self._rewind_from = 0  # position before which this producer does not check again
         self._data_offset: int = hdr["data_offset"]
         self._max_record: int = hdr["max_record"]
         flags = hdr["flags"]
@@ -795,6 +809,7 @@ class Ring:
                 n <= self._max_record
                 and off + size <= cap
                 and pos + size - self._head_cache <= cap
+                and (off < self._rewind_at or pos < self._rewind_from)
                 and not words[_W_END_OF_STREAM]  # type: ignore[index]
             ):
                 base = self._data_offset + off
@@ -822,7 +837,11 @@ class Ring:
         try:
             cap = self._capacity
             off = pos % cap
-            if off + size > cap or pos + size - self._head_cache > cap:
+            if (
+                off + size > cap
+                or pos + size - self._head_cache > cap
+                or (off >= self._rewind_at and pos >= self._rewind_from)
+            ):
                 pos = self._make_room(pos, size, timeout, nowait)
                 off = pos % cap
             base = self._data_offset + off
@@ -874,11 +893,13 @@ class Ring:
             group_bytes = 0
             last_off = 0
             pack = _RECORD.pack_into
+            rewind = pos % cap >= self._rewind_at and pos >= self._rewind_from  # checked at the start
             for first, count, length, payload_bytes in self._plan_records(sizes):
                 size = (length + 63) & ~31  # record_size(length), inlined
                 off = pos % cap
-                if off + size > cap or pos + size - self._head_cache > cap:
-                    if pos + size - words[L.W_HEAD] > cap or off + size > cap:
+                if off + size > cap or pos + size - self._head_cache > cap or rewind:
+                    rewind = False
+                    if pos + size - words[L.W_HEAD] > cap or off + size > cap or off >= self._rewind_at:
                         if group_items:
                             self._publish_group(group_start, pos, last_off, group_items, group_bytes)
                             sent += group_items
@@ -1171,10 +1192,19 @@ class Ring:
             words[L.W_LOCK_SUSPECT] = 1
 
     def _make_room(self, pos: int, size: int, timeout: float | None, nowait: bool) -> int:
-        """Return the position where a record of ``size`` bytes goes, padding and waiting as needed."""
+        """Return the position where a record of ``size`` bytes goes, padding and waiting as needed.
+
+        Pads to the end of the ring when the record does not fit there, or to rewind (see
+        :data:`REWIND_AT`).
+        """
         cap = self._capacity
         off = pos % cap
-        if off + size > cap:
+        if off + size > cap or (
+            off >= self._rewind_at
+            and size <= REWIND_LAG
+            and pos >= self._rewind_from
+            and self._may_rewind(pos)
+        ):
             pad = cap - off
             self._wait_space(pos + pad, timeout, nowait)
             assert self._mm is not None
@@ -1195,6 +1225,17 @@ class Ring:
             pos += pad
         self._wait_space(pos + size, timeout, nowait)
         return pos
+
+    def _may_rewind(self, pos: int) -> bool:
+        """Whether a producer at ``pos`` may pad to the end and go on at offset 0: the consumer
+        is at most :data:`REWIND_LAG` behind. If not, the next check waits for
+        :data:`REWIND_RECHECK` more bytes."""
+        words = self._words
+        assert words is not None
+        if pos - words[L.W_HEAD] <= REWIND_LAG:
+            return True
+        self._rewind_from = pos + REWIND_RECHECK
+        return False
 
     def _wait_space(self, end: int, timeout: float | None, nowait: bool) -> None:
         cap = self._capacity

@@ -1,0 +1,158 @@
+"""Rewinding: a producer whose consumers keep up goes back to offset 0 early (``_ring.REWIND_AT``),
+so the ring's working set stays in the CPU caches; the padding it writes is accounted like any
+record, so nothing is overwritten and every mode delivers exactly what was sent.
+
+In-process tests check when the producer rewinds and when it does not; cross-process tests pace
+the producer with acknowledgements (the consumers stay close behind, so it rewinds at every
+chance) and assert the exact streams, in every mode and start method.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import mmipc
+from _ringchild import (
+    big_numbered,
+    check_big_numbered,
+    consume_acked,
+    kill_and_join,
+    produce_acked,
+)
+from mmipc import _layout as L
+from mmipc import _ring
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT = 30.0
+CAP = 32 << 20  # more than 2 x REWIND_AT: rings this large rewind
+SIZE = 512 << 10
+RECORD = L.record_size(SIZE)
+
+
+def tail(ring: mmipc.Ring) -> int:
+    return int(ring._words[L.W_TAIL])
+
+
+def test_constants_make_these_tests_meaningful() -> None:
+    assert CAP > 2 * _ring.REWIND_AT and SIZE <= _ring.REWIND_LAG
+
+
+@pytest.mark.parametrize("mode", ["single", "queue"])
+def test_producer_rewinds_while_the_consumer_keeps_up(make_ring: Any, mode: str) -> None:
+    """Send one record, receive it, 200 times (100 MiB through a 32 MiB ring).
+
+    Asserts: every record is written below REWIND_AT + one record (the producer went back to
+    offset 0 each time it passed REWIND_AT); positions advanced by whole laps (the padding), far
+    beyond the bytes sent; every record arrives intact, in order; the ring ends empty.
+    """
+    ring = make_ring(CAP, mode=mode) if mode != "single" else make_ring(CAP)
+    highest = 0
+    for seq in range(200):
+        before = tail(ring)
+        ring.send(big_numbered(seq, SIZE))
+        start = (tail(ring) - RECORD) % CAP
+        highest = max(highest, start)
+        assert tail(ring) - before in (RECORD, RECORD + (CAP - before % CAP))
+        assert check_big_numbered(ring.recv_bytes(), SIZE) == seq
+    assert highest < _ring.REWIND_AT
+    assert tail(ring) >= 10 * CAP  # 12 laps of 16 records; 100 MiB alone fill 3
+    assert ring.stats().used_bytes == 0
+
+
+def test_no_rewind_while_the_consumer_lags(make_ring: Any) -> None:
+    """The consumer stays 12 records (6 MiB, more than REWIND_LAG) behind: the producer does not
+    rewind, so the records fill the ring up to its end (positions == bytes sent, no padding)."""
+    ring = make_ring(CAP)
+    lag = 12
+    for seq in range(lag):
+        ring.send(big_numbered(seq, SIZE))
+    for seq in range(lag, 60):  # 60 records of 512 KiB + 32 B: less than the 32 MiB ring
+        ring.send(big_numbered(seq, SIZE))
+        assert check_big_numbered(ring.recv_bytes(), SIZE) == seq - lag
+    assert tail(ring) == 60 * RECORD
+    assert [check_big_numbered(ring.recv_bytes(), SIZE) for _ in range(lag)] == list(range(60 - lag, 60))
+
+
+def test_send_many_and_reserve_rewind_too(make_ring: Any) -> None:
+    """``send_many`` and ``reserve`` take the same path: both rewind once past REWIND_AT."""
+    ring = make_ring(CAP)
+    seq = 0
+    while tail(ring) % CAP < _ring.REWIND_AT:
+        ring.send_many([big_numbered(seq, SIZE), big_numbered(seq + 1, SIZE)])
+        assert [check_big_numbered(r, SIZE) for r in ring.recv_many(2)] == [seq, seq + 1]
+        seq += 2
+    ring.send_many([big_numbered(seq, SIZE), big_numbered(seq + 1, SIZE)])
+    assert tail(ring) == CAP + 2 * RECORD  # padded to the end, then both at offset 0
+    assert [check_big_numbered(r, SIZE) for r in ring.recv_many(2)] == [seq, seq + 1]
+    seq += 2
+    while tail(ring) % CAP < _ring.REWIND_AT:
+        with ring.reserve(SIZE) as buf:
+            buf[:] = big_numbered(seq, SIZE)
+        assert check_big_numbered(ring.recv_bytes(), SIZE) == seq
+        seq += 1
+    with ring.reserve(SIZE) as buf:
+        buf[:] = big_numbered(seq, SIZE)
+    assert tail(ring) == 2 * CAP + RECORD
+    assert check_big_numbered(ring.recv_bytes(), SIZE) == seq
+
+
+def test_broadcast_without_subscribers_keeps_its_history(make_ring: Any) -> None:
+    """With no subscriber a broadcast ring never rewinds: ``start="oldest"`` still finds the last
+    ring-full of records (60 records of 512 KiB in a 32 MiB ring)."""
+    ring = make_ring(CAP, mode="broadcast")
+    for seq in range(60):
+        ring.send(big_numbered(seq, SIZE))
+    assert tail(ring) == 60 * RECORD
+    sub = ring.subscribe(start="oldest")
+    try:
+        assert check_big_numbered(sub.recv_bytes(timeout=WAIT), SIZE) == 0
+    finally:
+        sub.close()
+
+
+@pytest.mark.parametrize("mode", ["single", "broadcast", "queue"])
+def test_rewinding_streams_are_exact_across_processes(make_ring: Any, mp_context: Any, mode: str) -> None:
+    """A producer process sends 300 records of 512 KiB (150 MiB through 32 MiB), at most 4
+    ahead of its consumers, so it rewinds at every chance: to one consumer process (views), to
+    2 broadcast subscriber processes (views), or to 2 queue consumer processes (copies).
+
+    Asserts: the consumer / every subscriber received exactly 0..299 in order; the queue
+    consumers' union is exactly 0..299, each once; the producer rewound (positions advanced by
+    more laps than the bytes sent fill); the ring ends empty.
+    """
+    count = 300
+    ring = make_ring(CAP, mode=mode) if mode != "single" else make_ring(CAP)
+    receivers = 1 if mode == "single" else 2
+    how = {"single": "view", "broadcast": "subscribe", "queue": "bytes"}[mode]
+    acks = mp_context.Semaphore(0)
+    pipes, procs, events = [], [], []  # (events stay referenced until spawned children have them)
+    try:
+        for _ in range(receivers):
+            r, w = mp_context.Pipe(duplex=False)
+            ready = mp_context.Event()
+            events.append(ready)
+            proc = mp_context.Process(target=consume_acked, args=(ring, how, SIZE, acks, w, ready))
+            proc.start()
+            w.close()
+            if how == "subscribe":
+                assert ready.wait(WAIT)
+            pipes.append(r)
+            procs.append(proc)
+        per_record = receivers if mode == "broadcast" else 1
+        producer = mp_context.Process(target=produce_acked, args=(ring, count, SIZE, acks, per_record, 4))
+        producer.start()
+        procs.append(producer)
+        results = [r.recv() if r.poll(WAIT * 3) else None for r in pipes]
+        for proc in procs:
+            proc.join(WAIT)
+            assert proc.exitcode == 0
+    finally:
+        kill_and_join(*procs)
+    if mode == "queue":
+        assert sorted(seq for got in results for seq in got) == list(range(count))
+    else:
+        assert results == [list(range(count))] * receivers
+    assert tail(ring) >= 10 * CAP  # whole laps of padding (150 MiB alone fill 5): it rewound
