@@ -1,9 +1,11 @@
-"""Rewinding: a producer whose consumers keep up goes back to offset 0 early (``_ring.REWIND_AT``),
-so the ring's working set stays in the CPU caches; the padding it writes is accounted like any
-record, so nothing is overwritten and every mode delivers exactly what was sent.
+"""Rewinding: a producer whose readers have caught up goes back to offset 0 early
+(``_ring.REWIND_AT``), so the ring's working set stays in the CPU caches. The rest of the lap
+becomes a *jump* (padding with no header in the data area): nothing is overwritten, the ring
+keeps its whole capacity, and every mode delivers exactly what was sent.
 
-In-process tests check when the producer rewinds and when it does not; cross-process tests pace
-the producer with acknowledgements (the consumers stay close behind, so it rewinds at every
+In-process tests check when the producer rewinds and when it does not, that a rewind keeps the
+full capacity, and that a jump left unpublished by a dead writer is dropped; cross-process tests
+pace the producer with acknowledgements (the readers stay close behind, so it rewinds at every
 chance) and assert the exact streams, in every mode and start method.
 """
 
@@ -64,7 +66,8 @@ def test_producer_rewinds_while_the_consumer_keeps_up(make_ring: Any, mode: str)
 
 def test_no_rewind_while_the_consumer_lags(make_ring: Any) -> None:
     """The consumer stays 12 records (6 MiB, more than REWIND_LAG) behind: the producer does not
-    rewind, so the records fill the ring up to its end (positions == bytes sent, no padding)."""
+    rewind (nor wait for it), so the records fill the ring up to its end (positions == bytes
+    sent, no padding)."""
     ring = make_ring(CAP)
     lag = 12
     for seq in range(lag):
@@ -156,3 +159,91 @@ def test_rewinding_streams_are_exact_across_processes(make_ring: Any, mp_context
     else:
         assert results == [list(range(count))] * receivers
     assert tail(ring) >= 10 * CAP  # whole laps of padding (150 MiB alone fill 5): it rewound
+
+
+def test_a_rewind_keeps_the_whole_capacity(make_ring: Any) -> None:
+    """After a rewind the ring still buffers a full capacity: the jump occupies no byte.
+
+    Asserts: right after a rewind, 60 records (30 MiB of a 32 MiB ring) go in without waiting
+    while nobody reads (send_nowait never raises WouldBlock), then all arrive in order.
+    """
+    ring = make_ring(CAP)
+    seq = 0
+    while tail(ring) < CAP:  # send/receive until the producer has rewound once
+        ring.send(big_numbered(seq, SIZE))
+        assert check_big_numbered(ring.recv_bytes(), SIZE) == seq
+        seq += 1
+    assert tail(ring) % CAP == RECORD  # the last record went to offset 0
+    first = seq
+    for _ in range(60):
+        ring.send_nowait(big_numbered(seq, SIZE))
+        seq += 1
+    assert [check_big_numbered(ring.recv_bytes(), SIZE) for _ in range(60)] == list(range(first, seq))
+
+
+@pytest.mark.parametrize("multi_writer", [False, True])
+def test_a_jump_left_unpublished_by_a_dead_writer_is_dropped(make_ring: Any, multi_writer: bool) -> None:
+    """A writer killed between recording a jump and publishing it leaves ``jump_from == tail``.
+
+    The next writer (a multi-writer's next lock holder, or a new single-writer role holder)
+    drops it: asserts the next record written at that position is received intact, not
+    mistaken for the jump's padding.
+    """
+    ring = make_ring(CAP, multi_writer=multi_writer)
+    for seq in range(3):
+        ring.send(big_numbered(seq, SIZE))
+        assert check_big_numbered(ring.recv_bytes(), SIZE) == seq
+    words = ring._words
+    words[L.W_JUMP_TO] = CAP  # what a writer dying right after its jump_from store leaves
+    words[L.W_JUMP_FROM] = tail(ring)
+    writer = ring
+    if not multi_writer:
+        import pickle
+
+        ring._region.unlock(L.LOCK_ROLE_WRITER)  # as if the writer had died: a new one takes over
+        ring._writer_role = False
+        writer = pickle.loads(pickle.dumps(ring))
+    try:
+        writer.send(big_numbered(3, SIZE))
+        assert words[L.W_JUMP_FROM] == 0
+        assert check_big_numbered(ring.recv_bytes(timeout=WAIT), SIZE) == 3
+    finally:
+        if writer is not ring:
+            writer.close()
+
+
+def test_a_subscriber_waiting_at_a_jump_is_not_behind(make_ring: Any) -> None:
+    """A subscriber that read everything sits at the jump while two producers fill most of the
+    next lap: it holds nothing back, so even a short ``untether_after`` never cuts it loose
+    (the second producer, which did not make the jump, recomputes the limit from the cursors).
+
+    Asserts: a rewind and 40 more records (20 MiB, more than the jump's start offset) go in with
+    pauses longer than ``untether_after``; the subscriber then receives all 41, in order,
+    without :class:`mmipc.Lapped`.
+    """
+    ring = make_ring(CAP, mode="broadcast", untether_after=0.01, multi_writer=True)
+    sub = ring.subscribe()
+    import pickle
+
+    other = pickle.loads(pickle.dumps(ring))  # a second producer: it knows nothing of the jump
+    try:
+        seq = 0
+        while tail(ring) % CAP < _ring.REWIND_AT:
+            ring.send(big_numbered(seq, SIZE))
+            assert check_big_numbered(sub.recv_bytes(timeout=WAIT), SIZE) == seq
+            seq += 1
+        first = seq
+        import time
+
+        for i in range(41):  # the first one rewinds: the subscriber stays at the jump
+            (ring if i % 2 == 0 else other).send(big_numbered(seq, SIZE), timeout=WAIT)
+            seq += 1
+            time.sleep(0.015)
+        assert tail(ring) == CAP + 41 * RECORD
+        assert sub.stats().state == "tethered"  # never found behind, not even "untethering"
+        got = [check_big_numbered(sub.recv_bytes(timeout=WAIT), SIZE) for _ in range(seq - first)]
+        assert got == list(range(first, seq))
+        assert ring.stats().lapped == 0
+    finally:
+        sub.close()
+        other.close()

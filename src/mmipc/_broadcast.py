@@ -53,7 +53,7 @@ from typing import Any
 from . import _layout as L
 from ._errors import ClosedError, CorruptionError, Lapped, RegionNotFound, WaitTimeout, WouldBlock
 from ._region import Region
-from ._ring import _PRIVATE, REWIND_LAG, REWIND_RECHECK, RecordInfo, Ring, _Received, register_mode
+from ._ring import _PRIVATE, RecordInfo, Ring, _Received, register_mode
 from ._semaphore import SLICE, Semaphore, semaphore_name, unlink_semaphore
 from ._views import tracked_view
 from ._wait import WaitStrategy
@@ -215,14 +215,13 @@ class _BroadcastRing(Ring):
                 out.append(slot)
         return out
 
-    def _may_rewind(self, pos: int) -> bool:
-        """Under the writer semaphore: rewind (``_ring.REWIND_AT``) only while at least one
-        subscription is counted and none is more than ``REWIND_LAG`` behind. With no
-        subscriber the ring keeps its full capacity of history for ``start="oldest"``."""
+    def _readers_low(self, pos: int) -> int:
+        """Under the writer semaphore: the lowest cursor of the counted subscriptions, or -1
+        if there is none (``_ring.REWIND_AT``: with no subscriber the ring keeps its full
+        capacity of history for ``start="oldest"``, so it never rewinds)."""
         words = self._words
         assert words is not None
-        limit = pos - REWIND_LAG
-        counted = False
+        low = -1
         first = L.slot_word(0, 0)
         stride = L.slot_word(1, 0) - first
         active, subscriber = L.SLOT_ACTIVE, L.ROLE_SUBSCRIBER
@@ -233,14 +232,19 @@ class _BroadcastRing(Ring):
             kind = words[base + L.S_SUB_STATE] & _STATE_MASK
             if kind != tethered and kind != untethering:
                 continue
-            if words[base + L.S_CURSOR] < limit:
-                counted = False
-                break
-            counted = True
-        if counted:
-            return True
-        self._rewind_from = pos + REWIND_RECHECK
-        return False
+            cursor = words[base + L.S_CURSOR]
+            if low < 0 or cursor < low:
+                low = cursor
+        return int(low)
+
+    def _before_rewind(self, pos: int) -> None:
+        # Every counted subscription is at ``pos``: so is the oldest record worth keeping. A
+        # ``start="oldest"`` joiner then starts at the jump, never at an older position that a
+        # later jump could have left without its synthesized padding.
+        words = self._words
+        assert words is not None
+        if words[L.W_HEAD] < pos:
+            words[L.W_HEAD] = pos
 
     def _min_cursor(self) -> int:
         """The lowest position any counted subscription still needs (``tail`` if none).
@@ -370,7 +374,7 @@ class _BroadcastRing(Ring):
             kind = state & _STATE_MASK
             if kind != L.SUB_TETHERED and kind != L.SUB_UNTETHERING:
                 continue
-            cursor = words[base + L.S_CURSOR]
+            cursor = L.past_jump(words, words[base + L.S_CURSOR])
             if end - cursor > cap:  # this subscription holds the producer back
                 if self._dead(slot):
                     continue
@@ -408,6 +412,7 @@ class _BroadcastRing(Ring):
             raise CorruptionError(
                 f"ring {self.name!r}: subscriber cursor {lowest} is beyond tail {tail} (the header was overwritten)"
             )
+        lowest = self._space_head(lowest)
         if lowest > head:
             words[L.W_HEAD] = lowest
             return int(lowest)
@@ -642,7 +647,7 @@ class Subscriber(_BroadcastRing):
         state = L.SUB_STATE_NAMES.get(int(words[self._state_index]) & _STATE_MASK, "?")
         return (
             f"<mmipc.Subscriber of {self.name!r} slot={self._slot} position={self._read_pos} "
-            f"lag={words[L.W_TAIL] - self._read_pos} {state}>"
+            f"lag={words[L.W_TAIL] - L.past_jump(words, self._read_pos)} {state}>"
         )
 
     @property
@@ -673,7 +678,7 @@ class Subscriber(_BroadcastRing):
             slot=slot,
             state=L.SUB_STATE_NAMES.get(int(words[self._state_index]) & _STATE_MASK, "?"),
             position=self._read_pos,
-            lag_bytes=int(words[L.W_TAIL]) - self._read_pos,
+            lag_bytes=int(words[L.W_TAIL]) - L.past_jump(words, self._read_pos),
             records_read=int(words[self._w_records_read]),
             bytes_read=int(words[self._w_bytes_read]),
             waits=int(words[self._w_consumer_waits]),

@@ -144,7 +144,7 @@ def _describe(region: Region, detail: bool) -> dict[str, Any]:
         info.update(
             tail=w[L.W_TAIL],
             head=w[L.W_HEAD],
-            lag_bytes=w[L.W_TAIL] - w[L.W_HEAD],
+            lag_bytes=w[L.W_TAIL] - L.past_jump(w, w[L.W_HEAD]),
             records_written=w[L.W_RECORDS_WRITTEN],
             records_read=w[L.W_RECORDS_READ],
             end_of_stream=bool(w[L.W_END_OF_STREAM]),
@@ -199,7 +199,7 @@ def _describe_ring_mode(
                     "alive": p.alive,
                     "state": L.SUB_STATE_NAMES.get(w[L.slot_word(p.slot, L.S_SUB_STATE)] & 0xFF, "?"),
                     "cursor": cursor,
-                    "lag_bytes": w[L.W_TAIL] - cursor,
+                    "lag_bytes": w[L.W_TAIL] - L.past_jump(w, cursor),
                     "records_read": w[L.slot_word(p.slot, L.S_RECORDS_READ)],
                     "views": w[L.slot_word(p.slot, L.S_VIEWS)],
                 }

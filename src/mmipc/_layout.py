@@ -46,6 +46,9 @@ Ring producer block at 512, written only by the (lock-holding) producer:
     544 end_of_stream      1 once the end-of-stream record is published
     552 producer_waiting   1 while a producer sleeps waiting for space (consumer posts)
     560 writer_pid         pid of the single-writer role holder (display and errors)
+    568 jump_from          a rewind: the positions jump_from .. jump_to are padding that has no
+    576 jump_to            header in the data area (readers at jump_from go on at jump_to);
+                           stored jump_to first, then jump_from, then published by the tail
 
 Ring consumer block at 640, written only by the consumer:
 
@@ -109,9 +112,10 @@ when it does not fit before the end of the data area, a padding record fills the
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 MAGIC = b"MMIPCREG"
-LAYOUT_VERSION = 2  # 2: ring modes (flags), queue rings with batch records and the item cursor
+LAYOUT_VERSION = 2  # 2: ring modes (flags), queue batch records and item cursor, rewind jumps
 
 KIND_RING = 1
 KIND_KV = 2
@@ -152,6 +156,20 @@ W_PRODUCER_WAITS = 536 // 8
 W_END_OF_STREAM = 544 // 8
 W_PRODUCER_WAITING = 552 // 8
 W_WRITER_PID = 560 // 8
+W_JUMP_FROM = 568 // 8
+W_JUMP_TO = 576 // 8
+
+
+def past_jump(words: Any, pos: int) -> int:
+    """``pos``, or the end of the published jump that starts there (a reader at a jump needs
+    nothing before its end: it occupies no byte of the data area)."""
+    if pos and pos == words[W_JUMP_FROM]:
+        jump_to = int(words[W_JUMP_TO])
+        if jump_to <= words[W_TAIL]:
+            return jump_to
+    return pos
+
+
 # Ring consumer block
 W_HEAD = 640 // 8
 W_RECORDS_READ = 648 // 8

@@ -98,6 +98,7 @@ _FIRST = L.FLAG_FIRST
 _W_TAIL, _W_HEAD, _W_END_OF_STREAM = L.W_TAIL, L.W_HEAD, L.W_END_OF_STREAM
 _W_RECORDS_WRITTEN, _W_BYTES_WRITTEN = L.W_RECORDS_WRITTEN, L.W_BYTES_WRITTEN
 _W_RECORDS_READ, _W_BYTES_READ, _W_PRODUCER_WAITING = L.W_RECORDS_READ, L.W_BYTES_READ, L.W_PRODUCER_WAITING
+_W_JUMP_FROM = L.W_JUMP_FROM
 _BATCH = L.REC_BATCH
 _BATCH_HEAD = L.BATCH_HEAD
 
@@ -105,15 +106,20 @@ _BATCH_HEAD = L.BATCH_HEAD
 BATCH_ITEM_MAX = 1024
 BATCH_RECORD_MAX = 1 << 16
 
-# Rewinding: a producer at an offset of REWIND_AT or more whose slowest consumer is at most
-# REWIND_LAG bytes behind pads to the end and writes at offset 0, so that while the consumers
-# keep up the ring's working set stays about REWIND_AT plus a record, inside the CPU's caches,
-# whatever the capacity (copying 1 MiB into a 64 MiB ring round robin: 51 us; into 8 MiB:
-# 21 us; 32 MiB L3 here). The padding is accounted like any record, so rewinding never
-# overwrites anything: the consumers read on to the padding and skip it, and until they do the
-# producer has about REWIND_AT of room. A failed check is repeated after REWIND_RECHECK bytes.
+# Rewinding: a producer at an offset of REWIND_AT or more that finds the ring empty (every
+# reader has released everything) goes on at offset 0, so that while the readers keep up the
+# ring's working set stays about REWIND_AT plus a record, inside the CPU's caches, whatever the
+# capacity (copying 1 MiB into a 64 MiB ring round robin: 51 us; into 8 MiB: 21 us; 32 MiB L3
+# here). The rest of the lap becomes a *jump*: padding without a header in the data area
+# (``jump_from``/``jump_to`` in the producer block; ``_read_header`` synthesizes it), so no
+# byte of the ring is in use after a rewind and the producer keeps the whole capacity. If the
+# slowest reader is at most REWIND_LAG behind, the producer waits up to REWIND_WAIT (yielding
+# the CPU) for it to catch up; a failed check is repeated after REWIND_RECHECK more bytes. Only
+# one jump is pending at a time: a rewind needs every reader at the producer's position, so
+# all of them are past the previous jump.
 REWIND_AT = 8 << 20
-REWIND_LAG = REWIND_AT // 2
+REWIND_LAG = 4 << 20
+REWIND_WAIT = 100e-6
 REWIND_RECHECK = 1 << 20
 _LITTLE = sys.byteorder == "little"
 
@@ -590,7 +596,7 @@ class Ring:
             return f"<mmipc.Ring {self.name!r} {kind} closed>"
         words = self._words
         assert words is not None
-        used = words[L.W_TAIL] - words[L.W_HEAD]
+        used = words[L.W_TAIL] - L.past_jump(words, words[L.W_HEAD])
         roles = [r for r, held in (("writer", self._writer_role), ("consumer", self._consumer_role)) if held]
         return (
             f"<mmipc.Ring {self.name!r} {kind} capacity={_fmt_size(self._capacity)} "
@@ -704,7 +710,7 @@ class Ring:
         return RingStats(
             name=self.name,
             capacity=self._capacity,
-            used_bytes=words[L.W_TAIL] - words[L.W_HEAD],
+            used_bytes=words[L.W_TAIL] - L.past_jump(words, words[L.W_HEAD]),
             records_written=words[L.W_RECORDS_WRITTEN],
             bytes_written=words[L.W_BYTES_WRITTEN],
             records_read=words[L.W_RECORDS_READ],
@@ -1032,7 +1038,12 @@ class Ring:
             if self._multi_writer:
                 self._writer_exit()
             raise EndOfStream(f"cannot send: the stream of ring {self.name!r} was ended")
-        return words[L.W_TAIL]
+        tail = words[L.W_TAIL]
+        if words[L.W_JUMP_FROM] == tail and tail:
+            # A writer died between recording a jump and publishing it: it never happened
+            # (readers would take a record written at ``tail`` for the jump).
+            words[L.W_JUMP_FROM] = 0
+        return tail
 
     def _writer_exit(self) -> None:
         if self._multi_writer:
@@ -1199,12 +1210,23 @@ class Ring:
         """
         cap = self._capacity
         off = pos % cap
-        if off + size > cap or (
+        if (
             off >= self._rewind_at
             and size <= REWIND_LAG
             and pos >= self._rewind_from
             and self._may_rewind(pos)
         ):
+            words = self._words
+            assert words is not None
+            self._before_rewind(pos)
+            jump_to = pos + cap - off
+            words[L.W_JUMP_TO] = jump_to
+            words[L.W_JUMP_FROM] = pos
+            words[L.W_TAIL] = jump_to  # publishes the jump, a group of its own
+            self._sem_data.release()  # type: ignore[union-attr]
+            self._head_cache = jump_to  # nothing before it is in use
+            pos = jump_to
+        elif off + size > cap:
             pad = cap - off
             self._wait_space(pos + pad, timeout, nowait)
             assert self._mm is not None
@@ -1227,15 +1249,35 @@ class Ring:
         return pos
 
     def _may_rewind(self, pos: int) -> bool:
-        """Whether a producer at ``pos`` may pad to the end and go on at offset 0: the consumer
+        """Whether a producer at ``pos`` may rewind (:data:`REWIND_AT`): every reader has
+        released everything before ``pos``, at once or within :data:`REWIND_WAIT` if the slowest
         is at most :data:`REWIND_LAG` behind. If not, the next check waits for
         :data:`REWIND_RECHECK` more bytes."""
-        words = self._words
-        assert words is not None
-        if pos - words[L.W_HEAD] <= REWIND_LAG:
+        low = self._readers_low(pos)
+        if low == pos:
             return True
+        if low >= 0 and pos - low <= REWIND_LAG:
+            clock = time.monotonic
+            deadline = clock() + REWIND_WAIT
+            while clock() < deadline:
+                os.sched_yield()  # the reader may be waiting for this core
+                if self._readers_low(pos) == pos:
+                    return True
         self._rewind_from = pos + REWIND_RECHECK
         return False
+
+    def _readers_low(self, pos: int) -> int:
+        """The lowest position a reader still needs (-1: rewinding is not allowed now)."""
+        words = self._words
+        assert words is not None
+        return int(words[L.W_HEAD])
+
+    def _before_rewind(self, pos: int) -> None:
+        """Under the writer lock, just before a rewind at ``pos`` (broadcast moves its head)."""
+
+    def _space_head(self, head: int) -> int:
+        """``head`` for space accounting: readers at a jump need nothing before its end."""
+        return L.past_jump(self._words, head)
 
     def _wait_space(self, end: int, timeout: float | None, nowait: bool) -> None:
         cap = self._capacity
@@ -1243,7 +1285,7 @@ class Ring:
             return
         words = self._words
         assert words is not None
-        head = words[L.W_HEAD]
+        head = self._space_head(words[L.W_HEAD])
         if end - head <= cap:
             self._head_cache = head
             return
@@ -1261,7 +1303,7 @@ class Ring:
                 poll_until_above(
                     words, L.W_HEAD, min(need + (cap >> 3), words[L.W_TAIL]) - 1, strategy, deadline
                 )
-                head = words[L.W_HEAD]
+                head = self._space_head(words[L.W_HEAD])
                 if head >= need:
                     self._head_cache = head
                     return
@@ -1276,7 +1318,7 @@ class Ring:
         words[L.W_PRODUCER_WAITING] = 1
         try:
             while True:
-                head = words[L.W_HEAD]
+                head = self._space_head(words[L.W_HEAD])
                 if end - head <= cap:
                     self._head_cache = head
                     return
@@ -1343,6 +1385,7 @@ class Ring:
                 if (
                     rtype == _DATA
                     and rpos == pos
+                    and pos != words[_W_JUMP_FROM]  # type: ignore[index]
                     and seq == self._next_seq
                     and length <= self._max_record
                     and off + size <= cap
@@ -1468,6 +1511,7 @@ class Ring:
             if not (
                 rtype == _DATA
                 and rpos == pos
+                and pos != words[_W_JUMP_FROM]
                 and length <= max_record
                 and off + size <= cap
                 and pos + size <= tail
@@ -1570,7 +1614,7 @@ class Ring:
         self._pinned_reported = 0
 
     def _check_positions(self, head: int, tail: int) -> None:
-        if not 0 <= tail - head <= self._capacity:
+        if not 0 <= tail - L.past_jump(self._words, head) <= self._capacity:
             raise CorruptionError(
                 f"ring {self.name!r}: head {head} and tail {tail} are {tail - head} bytes apart, "
                 f"capacity is {self._capacity} (the header was overwritten)"
@@ -1583,6 +1627,8 @@ class Ring:
         """
         cap = self._capacity
         off = pos % cap
+        if pos == self._words[_W_JUMP_FROM] and pos:  # type: ignore[index]
+            return cap - off - L.RECORD_HEADER_SIZE, _PADDING, _FIRST_LAST, cap - off, 0  # a jump
         length, rtype, flags, rpos, seq, _user = _RECORD.unpack_from(self._mm, self._data_offset + off)  # type: ignore[arg-type]
         if rpos != pos:
             raise CorruptionError(

@@ -141,10 +141,10 @@ class _QueueRing(Ring):
             return
         words = self._words
         assert words is not None
-        head = words[L.W_HEAD]
+        head = self._space_head(words[L.W_HEAD])
         if end - head > cap:
             self._maintain(reap=False)  # releases a walk lost to a race may be waiting for
-            head = words[L.W_HEAD]
+            head = self._space_head(words[L.W_HEAD])
         if end - head <= cap:
             self._head_cache = head
             return
@@ -157,7 +157,7 @@ class _QueueRing(Ring):
         if strategy.poll:
             while True:  # poll for room (wait strategies, _wait)
                 if poll_until_above(words, L.W_HEAD, end - cap - 1, strategy, deadline):
-                    self._head_cache = words[L.W_HEAD]
+                    self._head_cache = self._space_head(words[L.W_HEAD])
                     return
                 if not strategy.spins:
                     break
@@ -171,7 +171,7 @@ class _QueueRing(Ring):
         words[L.W_PRODUCER_WAITING] = 1
         try:
             while True:
-                head = words[L.W_HEAD]
+                head = self._space_head(words[L.W_HEAD])
                 if end - head <= cap:
                     self._head_cache = head
                     return
@@ -351,7 +351,7 @@ class _QueueRing(Ring):
                     nbytes += length
                     continue
             claim, tail = words[L.W_Q_CLAIM], words[L.W_TAIL]
-            if not 0 <= tail - claim <= cap or claim < words[L.W_HEAD]:
+            if not 0 <= tail - L.past_jump(words, claim) <= cap or claim < words[L.W_HEAD]:
                 raise CorruptionError(
                     f"queue ring {self.name!r}: claim position {claim} is outside head {words[L.W_HEAD]} "
                     f".. tail {tail} (the header was overwritten)"
