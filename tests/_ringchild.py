@@ -593,3 +593,41 @@ def consume_acked(ring: mmipc.Ring, how: str, size: int, acks: Any, conn: Any, r
             if source is not ring:
                 source.close()
     conn.send(got)
+
+
+def produce_rewind_killed(
+    ring: mmipc.Ring, conn: Any, first: int, kill_at: int, unit: int, recover: int
+) -> None:
+    """One producer of ``test_producer_killed_at_every_store_of_a_rewind``.
+
+    Sends big numbered records from ``first`` on: first one of ``recover`` bytes (more than
+    ``REWIND_LAG``: it never rewinds, so a jump a killed predecessor left unpublished at this
+    very position is still there when it is written), then ``unit``-byte records until the
+    tail's offset reaches ``REWIND_AT``. Reports the seq of the next record, waits for ``"go"``
+    (the consumer has released everything: the next send rewinds), sends that record with the
+    ring's shared-word stores counted, SIGKILLed at the ``kill_at``-th one, and reports how
+    many stores it made (only if it was not killed).
+    """
+    from _kvchild import _KillingWords
+    from mmipc import _layout as L
+    from mmipc import _ring
+
+    with ring:
+        words = ring._words
+        assert words is not None
+        cap = ring.capacity
+        ring.send(big_numbered(first, recover), timeout=SEND_TIMEOUT)
+        seq = first + 1
+        while words[L.W_TAIL] % cap < _ring.REWIND_AT:
+            ring.send(big_numbered(seq, unit), timeout=SEND_TIMEOUT)
+            seq += 1
+        conn.send(seq)
+        assert conn.recv() == "go"
+        assert words[L.W_HEAD] == words[L.W_TAIL], "the consumer has not released everything"
+        counter = [0]
+        ring._words = _KillingWords(words, counter, kill_at)  # type: ignore[arg-type,assignment]
+        try:
+            ring.send(big_numbered(seq, unit), timeout=SEND_TIMEOUT)
+        finally:
+            ring._words = words
+        conn.send(counter[0])

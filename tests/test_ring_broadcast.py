@@ -609,3 +609,64 @@ def test_subscriber_killed_while_joining_hands_the_writer_lock_on(make_ring: Any
     assert got == list(range(1, 20))
     stats = ring.stats()
     assert stats.recoveries == 1 and stats.subscribers == 0
+
+
+class _ActAtSecondTry:
+    """Stands in for a subscriber's data semaphore: runs ``action`` at the second ``try_acquire``
+    (``recv_many`` takes one count per group, so: after its first record, inside its loop)."""
+
+    def __init__(self, sem: Any, action: Any) -> None:
+        self._sem = sem
+        self._action = action
+        self._tries = 0
+
+    def try_acquire(self) -> bool:
+        self._tries += 1
+        if self._tries == 2:
+            self._action()
+        return bool(self._sem.try_acquire())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sem, name)
+
+
+def test_subscriber_cut_loose_inside_recv_many_gets_lapped(make_ring: Any) -> None:
+    """A subscriber is cut loose (and the records it was about to read overwritten) while its
+    ``recv_many`` loop runs: the call raises :class:`mmipc.Lapped`, not CorruptionError.
+
+    The producer (another handle, in this thread) sends into a full ring from inside the
+    subscriber's loop: with ``untether_after`` 1 ms it untethers the subscriber, laps it after
+    the grace period (it holds no view) and overwrites. Asserts: Lapped with a positive
+    ``missed``; the subscriber then rejoined at the head and receives the next record.
+    """
+    ring = make_ring(1 << 16, mode="broadcast", untether_after=0.001)
+    sub = ring.subscribe()
+    producer = pickle.loads(pickle.dumps(ring))
+    try:
+        sent = 0
+        while True:
+            try:
+                producer.send_nowait(struct.pack("<Q", sent) + bytes(4000))
+            except mmipc.WouldBlock:
+                break
+            sent += 1
+
+        def overrun() -> None:
+            nonlocal sent
+            for _ in range(sent):
+                producer.send(struct.pack("<Q", sent) + bytes(4000), timeout=WAIT)
+                sent += 1
+
+        real = sub._sem_data
+        sub._sem_data = _ActAtSecondTry(real, overrun)
+        try:
+            with pytest.raises(mmipc.Lapped) as info:
+                sub.recv_many(1000, timeout=WAIT, max_bytes=1 << 30)
+        finally:
+            sub._sem_data = real
+        assert info.value.missed > 0
+        producer.send(struct.pack("<Q", 10**6) + bytes(10), timeout=WAIT)
+        assert struct.unpack_from("<Q", sub.recv_bytes(timeout=WAIT))[0] == 10**6
+    finally:
+        producer.close()
+        sub.close()

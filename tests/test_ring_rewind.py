@@ -11,6 +11,7 @@ chance) and assert the exact streams, in every mode and start method.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from _ringchild import (
     consume_acked,
     kill_and_join,
     produce_acked,
+    produce_rewind_killed,
 )
 from mmipc import _layout as L
 from mmipc import _ring
@@ -247,3 +249,213 @@ def test_a_subscriber_waiting_at_a_jump_is_not_behind(make_ring: Any) -> None:
     finally:
         sub.close()
         other.close()
+
+
+KILL_UNIT = 1 << 20  # the records of the killed producers (at most REWIND_LAG: they rewind)
+KILL_RECOVER = 5 << 20  # each producer's first record: more than REWIND_LAG, it never rewinds
+
+
+@pytest.mark.parametrize("multi_writer", [False, True])
+def test_producer_killed_at_every_store_of_a_rewind(
+    make_ring: Any, mp_context: Any, multi_writer: bool
+) -> None:
+    """A producer process is SIGKILLed at its 1st, 2nd, ... shared-word store of a rewinding
+    ``send`` (one process per kill point, until one completes); the test process consumes.
+
+    Each producer first sends one record of 5 MiB (more than REWIND_LAG, so it never rewinds:
+    it lands exactly where a killed predecessor may have recorded a jump it did not publish),
+    then 1 MiB records until the tail's offset reaches REWIND_AT; the consumer receives and
+    releases them all; then the producer's next ``send`` rewinds, counted and killed. The next
+    producer takes over the writer role (the kernel dropped the dead one's) or recovers the
+    writer lock (multi_writer).
+
+    Asserts: the consumer receives exactly the records sent, intact and in order; only the
+    record of a killed send may be missing, and only if that send was killed before it
+    published it; after each kill the ring is empty (``stats().used_bytes == 0``); one kill
+    point left an unpublished jump (``jump_from == tail``) and the next producer's record there
+    still arrived; the run that was not killed rewound; afterwards the ring keeps working
+    (sends, receives, rewinds, exact ``used_bytes``).
+    """
+    ring = make_ring(CAP, multi_writer=multi_writer)
+    unit_record = L.record_size(KILL_UNIT)
+    words = ring._words
+    seq = 0
+    kill_at = 1
+    unpublished_jumps = 0
+    missing = []  # seqs of killed sends that never published their record
+    while True:
+        assert kill_at < 40, "the rewinding send was killed at 40 stores and still not done"
+        parent, child = mp_context.Pipe()
+        proc = mp_context.Process(
+            target=produce_rewind_killed, args=(ring, child, seq, kill_at, KILL_UNIT, KILL_RECOVER)
+        )
+        proc.start()
+        child.close()
+        try:
+            assert parent.poll(WAIT), "the producer did not get ready"
+            rewinding = parent.recv()
+            for expected in range(seq, rewinding):  # published already: no long wait
+                size = KILL_RECOVER if expected == seq else KILL_UNIT
+                assert check_big_numbered(ring.recv_bytes(timeout=5.0), size) == expected
+            assert ring.stats().used_bytes == 0
+            start = tail(ring)
+            assert start % CAP >= _ring.REWIND_AT
+            parent.send("go")
+            assert parent.poll(WAIT), "the rewinding send did not finish"
+            try:
+                stores = parent.recv()
+            except EOFError:
+                stores = None  # killed
+            proc.join(WAIT)
+        finally:
+            kill_and_join(proc)
+            parent.close()
+        if stores is None:
+            assert proc.exitcode == -signal.SIGKILL
+            if words[L.W_JUMP_FROM] == tail(ring) == start:
+                unpublished_jumps += 1
+        else:
+            assert proc.exitcode == 0
+            assert stores == kill_at - 1
+        drained = []
+        while True:
+            try:
+                drained.append(check_big_numbered(ring.recv_bytes_nowait(), KILL_UNIT))
+            except mmipc.WouldBlock:
+                break
+        if stores is not None:
+            assert drained == [rewinding]
+            assert tail(ring) == start + (CAP - start % CAP) + unit_record  # it rewound
+            break
+        assert drained in ([], [rewinding])
+        if not drained:
+            missing.append(rewinding)
+        assert ring.stats().used_bytes == 0
+        seq = rewinding + 1
+        kill_at += 1
+    assert unpublished_jumps == 1
+    assert kill_at >= (10 if multi_writer else 6)
+    assert missing  # kills before the publishing store lose the record, and only it
+    if multi_writer:
+        assert len(missing) < kill_at - 1  # kills in _writer_exit come after the publish
+    # The ring keeps working: this process sends and receives 24 more records (it rewinds).
+    before = tail(ring)
+    for _ in range(3):
+        ring.send(big_numbered(seq, KILL_UNIT), timeout=WAIT)
+        seq += 1
+    assert ring.stats().used_bytes == tail(ring) - before
+    for expected in range(seq - 3, seq):
+        assert check_big_numbered(ring.recv_bytes(timeout=WAIT), KILL_UNIT) == expected
+    assert ring.stats().used_bytes == 0
+    for _ in range(21):
+        ring.send(big_numbered(seq, KILL_UNIT), timeout=WAIT)
+        assert check_big_numbered(ring.recv_bytes(timeout=WAIT), KILL_UNIT) == seq
+        seq += 1
+    assert tail(ring) - before > 24 * unit_record  # it rewound (a jump's positions)
+    assert ring.stats().used_bytes == 0
+
+
+# -- review findings (demonstrations of open bugs) ---------------------------------------------
+#
+# A producer can rewind between a reader's load of the tail and its look at ``jump_from`` (it
+# rewinds exactly when every reader sits at its position, i.e. idle readers). ``past_jump`` takes
+# the caller's tail, so a jump published after it does not count and ``tail - past_jump(...)``
+# never goes negative. The tests below land the producer's rewind right there, deterministically
+# (a stand-in for the reader's ``_words`` runs the producer's ``send`` at the reader's first
+# load of ``jump_from``); they raised CorruptionError (or a negative size) when ``past_jump``
+# compared with the current tail instead.
+
+
+class _RewindAtFirstLoad:
+    """Stands in for a reader's ``_words``: runs ``action`` just before the first load of ``index``."""
+
+    def __init__(self, words: Any, index: int, action: Any) -> None:
+        self._words = words
+        self._index = index
+        self._action = action
+
+    def __getitem__(self, index: Any) -> Any:
+        if index == self._index and self._action is not None:
+            action, self._action = self._action, None
+            action()
+        return self._words[index]
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._words[index] = value
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+
+def _to_rewind_point(producer: mmipc.Ring, consumer: Any) -> int:
+    """Send and receive until the producer's next send rewinds; return that send's seq."""
+    seq = 0
+    while tail(producer) % CAP < _ring.REWIND_AT:
+        producer.send(big_numbered(seq, SIZE))
+        assert check_big_numbered(consumer.recv_bytes(timeout=WAIT), SIZE) == seq
+        seq += 1
+    return seq
+
+
+def test_queue_claim_racing_a_rewind_is_not_corruption(make_ring: Any) -> None:
+    """An idle queue consumer's claim (claim == tail == head) loads claim and tail; the producer
+    rewinds before ``_claim`` looks at the jump. Asserts: the consumer receives the record (no
+    CorruptionError from ``tail - past_jump(claim)`` going negative)."""
+    import pickle
+
+    ring = make_ring(CAP, mode="queue")
+    producer = pickle.loads(pickle.dumps(ring))
+    try:
+        seq = _to_rewind_point(producer, ring)
+        words = ring._words
+        ring._words = _RewindAtFirstLoad(words, L.W_JUMP_FROM, lambda: producer.send(big_numbered(seq, SIZE)))
+        try:
+            got = ring.recv_bytes(timeout=WAIT)
+        finally:
+            ring._words = words
+        assert check_big_numbered(got, SIZE) == seq
+    finally:
+        producer.close()
+
+
+def test_new_consumer_racing_a_rewind_is_not_corruption(make_ring: Any) -> None:
+    """A consumer taking over (``_claim_consumer``) loads head == tail, then the producer rewinds.
+    Asserts: it receives the record (``_check_positions(head, tail)`` does not map head past a
+    jump published after its tail)."""
+    import pickle
+
+    ring = make_ring(CAP)
+    first = pickle.loads(pickle.dumps(ring))
+    seq = _to_rewind_point(ring, first)
+    first.close()  # frees the consumer role
+    consumer = pickle.loads(pickle.dumps(ring))
+    try:
+        words = consumer._words
+        consumer._words = _RewindAtFirstLoad(words, L.W_JUMP_FROM, lambda: ring.send(big_numbered(seq, SIZE)))
+        try:
+            got = consumer.recv_bytes(timeout=WAIT)
+        finally:
+            consumer._words = words
+        assert check_big_numbered(got, SIZE) == seq
+    finally:
+        consumer.close()
+
+
+def test_stats_racing_a_rewind_are_not_negative(make_ring: Any) -> None:
+    """``stats()`` while the producer publishes a jump. Asserts: ``used_bytes`` is 0 or the
+    record's size, never ``-(capacity - offset)``."""
+    import pickle
+
+    ring = make_ring(CAP)
+    observer = pickle.loads(pickle.dumps(ring))
+    try:
+        seq = _to_rewind_point(ring, ring)
+        words = observer._words
+        observer._words = _RewindAtFirstLoad(words, L.W_JUMP_FROM, lambda: ring.send(big_numbered(seq, SIZE)))
+        try:
+            used = observer.stats().used_bytes
+        finally:
+            observer._words = words
+        assert 0 <= used <= RECORD, f"used_bytes {used}"
+    finally:
+        observer.close()

@@ -374,7 +374,7 @@ class _BroadcastRing(Ring):
             kind = state & _STATE_MASK
             if kind != L.SUB_TETHERED and kind != L.SUB_UNTETHERING:
                 continue
-            cursor = L.past_jump(words, words[base + L.S_CURSOR])
+            cursor = L.past_jump(words, words[base + L.S_CURSOR], words[L.W_TAIL])  # (ours: we write)
             if end - cursor > cap:  # this subscription holds the producer back
                 if self._dead(slot):
                     continue
@@ -647,7 +647,7 @@ class Subscriber(_BroadcastRing):
         state = L.SUB_STATE_NAMES.get(int(words[self._state_index]) & _STATE_MASK, "?")
         return (
             f"<mmipc.Subscriber of {self.name!r} slot={self._slot} position={self._read_pos} "
-            f"lag={words[L.W_TAIL] - L.past_jump(words, self._read_pos)} {state}>"
+            f"lag={self._lag(words)} {state}>"
         )
 
     @property
@@ -665,6 +665,10 @@ class Subscriber(_BroadcastRing):
         """Sequence number of the next record this subscriber will receive."""
         return self._delivered
 
+    def _lag(self, words: memoryview) -> int:
+        tail = int(words[L.W_TAIL])  # read after _read_pos (ours): never behind it
+        return tail - L.past_jump(words, self._read_pos, tail)
+
     def stats(self) -> SubscriberStats:  # type: ignore[override]
         """This subscription's counters."""
         self._check_open()
@@ -678,7 +682,7 @@ class Subscriber(_BroadcastRing):
             slot=slot,
             state=L.SUB_STATE_NAMES.get(int(words[self._state_index]) & _STATE_MASK, "?"),
             position=self._read_pos,
-            lag_bytes=int(words[L.W_TAIL]) - L.past_jump(words, self._read_pos),
+            lag_bytes=self._lag(words),
             records_read=int(words[self._w_records_read]),
             bytes_read=int(words[self._w_bytes_read]),
             waits=int(words[self._w_consumer_waits]),
@@ -882,7 +886,11 @@ class Subscriber(_BroadcastRing):
         wait: str | WaitStrategy | None = None,
     ) -> list[bytes]:
         """Receive up to ``max_records`` records as ``bytes``, waiting only for the first."""
-        out = super().recv_many(max_records, timeout, max_bytes, wait=wait)
+        try:
+            out = super().recv_many(max_records, timeout, max_bytes, wait=wait)
+        except CorruptionError:
+            self._copy_ok()  # cut loose in the middle of the call: Lapped, not corruption (as _take)
+            raise
         self._copy_ok()
         self._record_delivered(False)
         return out

@@ -160,12 +160,15 @@ W_JUMP_FROM = 568 // 8
 W_JUMP_TO = 576 // 8
 
 
-def past_jump(words: Any, pos: int) -> int:
-    """``pos``, or the end of the published jump that starts there (a reader at a jump needs
-    nothing before its end: it occupies no byte of the data area)."""
+def past_jump(words: Any, pos: int, tail: int) -> int:
+    """``pos``, or the end of the jump that starts there if ``tail`` (the caller's reading of the
+    tail, taken after ``pos``) has published it: a reader at a jump needs nothing before its
+    end, which occupies no byte of the data area. Comparing with the caller's tail, not the
+    current one, keeps ``tail - past_jump(...)`` from going negative when a producer rewinds
+    between the two reads."""
     if pos and pos == words[W_JUMP_FROM]:
         jump_to = int(words[W_JUMP_TO])
-        if jump_to <= words[W_TAIL]:
+        if jump_to <= tail:
             return jump_to
     return pos
 

@@ -596,7 +596,9 @@ class Ring:
             return f"<mmipc.Ring {self.name!r} {kind} closed>"
         words = self._words
         assert words is not None
-        used = words[L.W_TAIL] - L.past_jump(words, words[L.W_HEAD])
+        head = int(words[L.W_HEAD])  # head before tail: a tail read later is never behind it
+        tail = int(words[L.W_TAIL])
+        used = tail - L.past_jump(words, head, tail)
         roles = [r for r, held in (("writer", self._writer_role), ("consumer", self._consumer_role)) if held]
         return (
             f"<mmipc.Ring {self.name!r} {kind} capacity={_fmt_size(self._capacity)} "
@@ -707,10 +709,12 @@ class Ring:
             self._advance()
         words = self._words
         assert words is not None
+        head = int(words[L.W_HEAD])  # head before tail (see past_jump)
+        tail = int(words[L.W_TAIL])
         return RingStats(
             name=self.name,
             capacity=self._capacity,
-            used_bytes=words[L.W_TAIL] - L.past_jump(words, words[L.W_HEAD]),
+            used_bytes=tail - L.past_jump(words, head, tail),
             records_written=words[L.W_RECORDS_WRITTEN],
             bytes_written=words[L.W_BYTES_WRITTEN],
             records_read=words[L.W_RECORDS_READ],
@@ -905,7 +909,11 @@ class Ring:
                 off = pos % cap
                 if off + size > cap or pos + size - self._head_cache > cap or rewind:
                     rewind = False
-                    if pos + size - words[L.W_HEAD] > cap or off + size > cap or off >= self._rewind_at:
+                    if (
+                        pos + size - self._space_head(words[L.W_HEAD]) > cap
+                        or off + size > cap
+                        or off >= self._rewind_at
+                    ):
                         if group_items:
                             self._publish_group(group_start, pos, last_off, group_items, group_bytes)
                             sent += group_items
@@ -1214,7 +1222,7 @@ class Ring:
             off >= self._rewind_at
             and size <= REWIND_LAG
             and pos >= self._rewind_from
-            and self._may_rewind(pos)
+            and self._may_rewind(pos, not nowait)
         ):
             words = self._words
             assert words is not None
@@ -1248,15 +1256,15 @@ class Ring:
         self._wait_space(pos + size, timeout, nowait)
         return pos
 
-    def _may_rewind(self, pos: int) -> bool:
+    def _may_rewind(self, pos: int, may_wait: bool = True) -> bool:
         """Whether a producer at ``pos`` may rewind (:data:`REWIND_AT`): every reader has
-        released everything before ``pos``, at once or within :data:`REWIND_WAIT` if the slowest
-        is at most :data:`REWIND_LAG` behind. If not, the next check waits for
-        :data:`REWIND_RECHECK` more bytes."""
+        released everything before ``pos``, at once or (``may_wait``: not for ``_nowait``
+        calls) within :data:`REWIND_WAIT` if the slowest is at most :data:`REWIND_LAG` behind.
+        If not, the next check waits for :data:`REWIND_RECHECK` more bytes."""
         low = self._readers_low(pos)
         if low == pos:
             return True
-        if low >= 0 and pos - low <= REWIND_LAG:
+        if may_wait and low >= 0 and pos - low <= REWIND_LAG:
             clock = time.monotonic
             deadline = clock() + REWIND_WAIT
             while clock() < deadline:
@@ -1277,7 +1285,9 @@ class Ring:
 
     def _space_head(self, head: int) -> int:
         """``head`` for space accounting: readers at a jump need nothing before its end."""
-        return L.past_jump(self._words, head)
+        words = self._words
+        assert words is not None
+        return L.past_jump(words, head, int(words[L.W_TAIL]))  # producers: the tail is their own
 
     def _wait_space(self, end: int, timeout: float | None, nowait: bool) -> None:
         cap = self._capacity
@@ -1614,7 +1624,7 @@ class Ring:
         self._pinned_reported = 0
 
     def _check_positions(self, head: int, tail: int) -> None:
-        if not 0 <= tail - L.past_jump(self._words, head) <= self._capacity:
+        if not 0 <= tail - L.past_jump(self._words, head, tail) <= self._capacity:
             raise CorruptionError(
                 f"ring {self.name!r}: head {head} and tail {tail} are {tail - head} bytes apart, "
                 f"capacity is {self._capacity} (the header was overwritten)"

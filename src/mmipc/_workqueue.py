@@ -162,7 +162,8 @@ class _QueueRing(Ring):
                 if not strategy.spins:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout(self._full_message(end, int(words[L.W_HEAD])) + f" after {timeout} s")
+                    head = self._space_head(int(words[L.W_HEAD]))
+                    raise WaitTimeout(self._full_message(end, head) + f" after {timeout} s")
                 if self._closed:
                     raise ClosedError(f"ring {self.name!r} is closed")
                 self._maintain(reap=True)
@@ -351,7 +352,7 @@ class _QueueRing(Ring):
                     nbytes += length
                     continue
             claim, tail = words[L.W_Q_CLAIM], words[L.W_TAIL]
-            if not 0 <= tail - L.past_jump(words, claim) <= cap or claim < words[L.W_HEAD]:
+            if not 0 <= tail - L.past_jump(words, claim, tail) <= cap or claim < words[L.W_HEAD]:
                 raise CorruptionError(
                     f"queue ring {self.name!r}: claim position {claim} is outside head {words[L.W_HEAD]} "
                     f".. tail {tail} (the header was overwritten)"
