@@ -20,8 +20,9 @@ Protocol (byte layout in ``_layout``, "Ring modes"):
   releases them in the same hold: batch items are never held, so a batch record needs no owner
   and is never redelivered. Whoever takes the last item marks the record released, then
   advances ``claim``; a partial take stores ``q_item``, then ``q_item_pos``. A taker killed
-  between any two of these stores never returned its copies, and its successor takes the same
-  items again: nothing is lost or delivered twice.
+  between the two stores of a pair leaves those items to its successor; items a store has
+  already moved past were delivered (the taker returns copies: like a message read from a pipe
+  by a process killed before it used it). Nothing is ever delivered twice unflagged.
 * **Releasing, in any order.** Releasing a record is one store of ``Q_RELEASED`` into its
   ``user`` word, under the claim lock, followed by a walk: ``head`` passes every released record
   (and padding) in order. Stores and walks all under one lock, so no release is missed (every
