@@ -557,14 +557,24 @@ def check_big_numbered(data: Any, size: int) -> int:
 
 
 def produce_acked(ring: mmipc.Ring, count: int, size: int, acks: Any, per_record: int, window: int) -> None:
-    """Send ``count`` big numbered records, at most ``window`` ahead of the consumers: before
-    record ``k >= window`` it takes ``per_record`` acks (each receiver acks each record it has
-    released), so the consumers stay close behind and the producer rewinds. Ends the stream."""
+    """Send ``count`` big numbered records, at most ``window`` ahead of the consumers (each
+    receiver acks each record it has released; ``per_record`` acks make one record), and with
+    every earlier record acked whenever the tail's offset is past ``REWIND_AT``: the readers have
+    then all caught up, so that send rewinds, deterministically. Ends the stream."""
+    from mmipc import _layout as L
+    from mmipc import _ring
+
+    words = ring._words
+    assert words is not None
+    cap = ring.capacity
+    acked = 0
     with ring:
         for seq in range(count):
-            if seq >= window:
+            target = seq if words[L.W_TAIL] % cap >= _ring.REWIND_AT else seq - window + 1
+            while acked < target:
                 for _ in range(per_record):
                     assert acks.acquire(timeout=SEND_TIMEOUT), "a consumer stopped acking"
+                acked += 1
             ring.send(big_numbered(seq, size), timeout=SEND_TIMEOUT)
         ring.end_stream(timeout=SEND_TIMEOUT)
 

@@ -121,12 +121,14 @@ def test_broadcast_without_subscribers_keeps_its_history(make_ring: Any) -> None
 @pytest.mark.parametrize("mode", ["single", "broadcast", "queue"])
 def test_rewinding_streams_are_exact_across_processes(make_ring: Any, mp_context: Any, mode: str) -> None:
     """A producer process sends 300 records of 512 KiB (150 MiB through 32 MiB), at most 4
-    ahead of its consumers, so it rewinds at every chance: to one consumer process (views), to
-    2 broadcast subscriber processes (views), or to 2 queue consumer processes (copies).
+    ahead of its consumers and waiting for them to catch up whenever it is past REWIND_AT, so
+    it rewinds once per lap (16 records, then the 17th goes to offset 0): to one consumer
+    process (views), to 2 broadcast subscriber processes (views), or to 2 queue consumer
+    processes (copies).
 
     Asserts: the consumer / every subscriber received exactly 0..299 in order; the queue
-    consumers' union is exactly 0..299, each once; the producer rewound (positions advanced by
-    more laps than the bytes sent fill); the ring ends empty.
+    consumers' union is exactly 0..299, each once; the producer rewound on every lap (the tail
+    is exactly 18 laps and 12 records on; the bytes alone fill under 5 laps).
     """
     count = 300
     ring = make_ring(CAP, mode=mode) if mode != "single" else make_ring(CAP)
@@ -160,7 +162,9 @@ def test_rewinding_streams_are_exact_across_processes(make_ring: Any, mp_context
         assert sorted(seq for got in results for seq in got) == list(range(count))
     else:
         assert results == [list(range(count))] * receivers
-    assert tail(ring) >= 10 * CAP  # whole laps of padding (150 MiB alone fill 5): it rewound
+    per_lap = -(-_ring.REWIND_AT // RECORD)  # 16: the 17th record of a lap rewinds
+    laps, rest = divmod(count, per_lap)
+    assert tail(ring) == laps * CAP + rest * RECORD + L.RECORD_HEADER_SIZE  # (+ the end record)
 
 
 def test_a_rewind_keeps_the_whole_capacity(make_ring: Any) -> None:
