@@ -11,6 +11,7 @@ chance) and assert the exact streams, in every mode and start method.
 
 from __future__ import annotations
 
+import itertools
 import signal
 from typing import Any
 
@@ -463,3 +464,42 @@ def test_stats_racing_a_rewind_are_not_negative(make_ring: Any) -> None:
         assert 0 <= used <= RECORD, f"used_bytes {used}"
     finally:
         observer.close()
+
+
+def test_failed_rewind_checks_back_off(make_ring: Any) -> None:
+    """A consumer that stays more than REWIND_LAG behind: the producer's checks past REWIND_AT
+    come REWIND_RECHECK, then 2x, 4x, ... bytes apart (a few per lap, each a scan that failed),
+    and back to REWIND_RECHECK once a rewind succeeds.
+
+    Asserts: with the consumer 12 records (6 MiB) behind, the producer checked at most 5 times
+    while writing from 8 MiB to 30 MiB (one check per 512 KiB record without the back-off:
+    44); after the consumer catches up, the next lap rewinds at its first check.
+    """
+    ring = make_ring(CAP)
+    checks = []
+    real = ring._readers_low
+
+    def counting(pos: int) -> int:
+        checks.append(pos)
+        return real(pos)
+
+    ring._readers_low = counting  # type: ignore[method-assign]
+    lag = 12
+    for seq in range(lag):
+        ring.send(big_numbered(seq, SIZE))
+    for seq in range(lag, 60):
+        ring.send(big_numbered(seq, SIZE))
+        assert check_big_numbered(ring.recv_bytes(), SIZE) == seq - lag
+    assert 1 <= len(checks) <= 5, checks
+    gaps = [b - a for a, b in itertools.pairwise(checks)]
+    for i, gap in enumerate(gaps):  # the first record boundary at or after each step
+        assert _ring.REWIND_RECHECK << i <= gap < (_ring.REWIND_RECHECK << i) + RECORD, gaps
+    for seq in range(60 - lag, 60):
+        assert check_big_numbered(ring.recv_bytes(), SIZE) == seq
+    checks.clear()
+    seq = 60
+    while tail(ring) < 2 * CAP:  # the natural wrap, then a lap in which the consumer keeps up
+        ring.send(big_numbered(seq, SIZE))
+        assert check_big_numbered(ring.recv_bytes(), SIZE) == seq
+        seq += 1
+    assert len(checks) == 1 and ring._rewind_step == _ring.REWIND_RECHECK

@@ -114,7 +114,9 @@ BATCH_RECORD_MAX = 1 << 16
 # (``jump_from``/``jump_to`` in the producer block; ``_read_header`` synthesizes it), so no
 # byte of the ring is in use after a rewind and the producer keeps the whole capacity. If the
 # slowest reader is at most REWIND_LAG behind, the producer waits up to REWIND_WAIT (yielding
-# the CPU) for it to catch up; a failed check is repeated after REWIND_RECHECK more bytes. Only
+# the CPU) for it to catch up; a failed check is repeated after REWIND_RECHECK more bytes, then
+# twice as many after each further failure (so readers that stay behind cost a few checks per
+# lap), back to REWIND_RECHECK after a rewind. Only
 # one jump is pending at a time: a rewind needs every reader at the producer's position, so
 # all of them are past the previous jump.
 REWIND_AT = 8 << 20
@@ -328,6 +330,7 @@ class Ring:
         # Rings up to twice REWIND_AT never rewind (the offset never reaches the capacity).
         self._rewind_at = REWIND_AT if self._capacity > 2 * REWIND_AT else self._capacity
         self._rewind_from = 0  # position before which this producer does not check again
+        self._rewind_step = REWIND_RECHECK  # doubles with each failed check, back after a rewind
         self._data_offset: int = hdr["data_offset"]
         self._max_record: int = hdr["max_record"]
         flags = hdr["flags"]
@@ -1260,18 +1263,23 @@ class Ring:
         """Whether a producer at ``pos`` may rewind (:data:`REWIND_AT`): every reader has
         released everything before ``pos``, at once or (``may_wait``: not for ``_nowait``
         calls) within :data:`REWIND_WAIT` if the slowest is at most :data:`REWIND_LAG` behind.
-        If not, the next check waits for :data:`REWIND_RECHECK` more bytes."""
+        If not, the next check waits for :data:`REWIND_RECHECK` more bytes, twice that after a
+        second failure, and so on until a rewind succeeds."""
         low = self._readers_low(pos)
-        if low == pos:
-            return True
-        if may_wait and low >= 0 and pos - low <= REWIND_LAG:
+        if low != pos and may_wait and low >= 0 and pos - low <= REWIND_LAG:
             clock = time.monotonic
             deadline = clock() + REWIND_WAIT
             while clock() < deadline:
                 os.sched_yield()  # the reader may be waiting for this core
-                if self._readers_low(pos) == pos:
-                    return True
-        self._rewind_from = pos + REWIND_RECHECK
+                low = self._readers_low(pos)
+                if low == pos:
+                    break
+        if low == pos:
+            self._rewind_step = REWIND_RECHECK
+            return True
+        # Back off: readers that stay behind cost at most a few checks (and waits) per lap.
+        self._rewind_from = pos + self._rewind_step
+        self._rewind_step = min(2 * self._rewind_step, self._capacity)
         return False
 
     def _readers_low(self, pos: int) -> int:
