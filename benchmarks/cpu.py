@@ -5,7 +5,8 @@
 One producer process (this one) and N consumer processes (``fork``) share one 64 MiB ring:
 
 * ``queue``: the producer calls ``send_many`` with batches of ``--batch`` records (default: as
-  many as fit in 1 MiB), each consumer ``recv_many(--batch)`` until :class:`mmipc.EndOfStream`;
+  many as fit in 1 MiB), each consumer ``recv_many(--batch)`` (copies) or, with ``--views``,
+  ``recv_views(--batch)`` (zero-copy) until :class:`mmipc.EndOfStream`;
 * ``broadcast``: the producer calls ``send`` per record, each subscriber (``start="next"``)
   receives a zero-copy view and reads one byte of it.
 
@@ -32,7 +33,7 @@ DESCRIPTION = "CPU time per record of a producer and its queue consumers / broad
 CAPACITY = 64 << 20
 
 
-def _consumer(ring: Any, mode: str, batch: int, ready: Any, results: Any) -> None:
+def _consumer(ring: Any, mode: str, batch: int, views: bool, ready: Any, results: Any) -> None:
     import mmipc
 
     source = ring.subscribe(start="next") if mode == "broadcast" else ring
@@ -46,6 +47,8 @@ def _consumer(ring: Any, mode: str, batch: int, ready: Any, results: Any) -> Non
                 with source.recv(timeout=60) as view:
                     view[0]
                 got += 1
+            elif views:
+                got += len(source.recv_views(batch, timeout=60))
             else:
                 got += len(source.recv_many(batch, timeout=60))
             if t0 is None:
@@ -58,7 +61,9 @@ def _consumer(ring: Any, mode: str, batch: int, ready: Any, results: Any) -> Non
     ring.close()
 
 
-def measure(mode: str, size: int, consumers: int, records: int, batch: int) -> dict[str, Any]:
+def measure(
+    mode: str, size: int, consumers: int, records: int, batch: int, views: bool = False
+) -> dict[str, Any]:
     import mmipc
     from mmipc import _layout as L
 
@@ -66,7 +71,8 @@ def measure(mode: str, size: int, consumers: int, records: int, batch: int) -> d
     ring = mmipc.Ring.create(CAPACITY, mode=mode)
     ready, results = ctx.Semaphore(0), ctx.Queue()
     procs = [
-        ctx.Process(target=_consumer, args=(ring, mode, batch, ready, results)) for _ in range(consumers)
+        ctx.Process(target=_consumer, args=(ring, mode, batch, views, ready, results))
+        for _ in range(consumers)
     ]
     for proc in procs:
         proc.start()
@@ -115,6 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--records", type=int, default=None, help="records per run (default: 2.5 GB worth, at most 200 000)"
     )
     parser.add_argument("--batch", type=int, default=None, help="queue: records per send_many/recv_many")
+    parser.add_argument("--views", action="store_true", help="queue: consumers call recv_views (zero-copy)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,10 +135,11 @@ def run(args: argparse.Namespace) -> int:
                 records = max(100, records // 10)
             batch = args.batch or max(1, min(1024, (1 << 20) // size))
             for _ in range(1 if args.quick else (args.repeat or 2)):
-                row = measure(args.mode, size, n, records, batch)
+                row = measure(args.mode, size, n, records, batch, args.views)
                 rows.append(row)
                 print(
-                    f"{args.mode} {H.format_size(size)}, {n} consumers: {H.format_rate(row['delivered_per_s'])} "
+                    f"{args.mode}{' views' if args.views else ''} {H.format_size(size)}, {n} consumers: "
+                    f"{H.format_rate(row['delivered_per_s'])} "
                     f"delivered/s; producer {row['producer_cpu_us']:.2f} us CPU per record "
                     f"(busy {row['producer_busy']:.2f}); consumers "
                     f"{', '.join(f'{c:.2f}' for c in row['consumer_cpu_us'])} us CPU per record received; "

@@ -13,6 +13,10 @@ Cases:
   (the producer calls ``end_stream()`` after the timed records).
 * ``Ring queue send_many / recv_many``: the batch API (``--batch`` records per call; default
   as many as fit in 1 MiB, at most 1024).
+* ``Ring queue send_many / recv_views``: the same producer; consumers take up to ``--batch``
+  records per call as zero-copy views (claimed until the views are dropped, released by the
+  next call), read their lengths and drop them. Peers copy every message out (faster-fifo
+  unpickles it); this is mmipc's own way to hand large payloads to workers.
 * ``mp.Queue put / get``; faster-fifo ``put / get`` and ``put_many / get_many`` (``get_many``
   with the same batch). Their end of stream: one ``None`` per consumer after the records; a
   consumer stops at its first ``None`` (one that ``get_many`` returned extra ones puts them back).
@@ -49,10 +53,11 @@ PEER_TIMEOUT = 120.0
 
 RING_BYTES = "Ring queue send / recv_bytes"
 RING_BATCH = "Ring queue send_many / recv_many"
+RING_VIEWS = "Ring queue send_many / recv_views"
 QUEUE = "mp.Queue put / get"
 FFIFO = "faster-fifo put / get"
 FFIFO_BATCH = "faster-fifo put_many / get_many"
-RING_CASES = (RING_BYTES, RING_BATCH)
+RING_CASES = (RING_BYTES, RING_BATCH, RING_VIEWS)
 FFIFO_CASES = (FFIFO, FFIFO_BATCH)
 SHARED = "shared"  # Case.delivery: the consumers share the records
 
@@ -164,6 +169,33 @@ def ring_batch_consumer(ring: Any, spec: H.Spec, gate: H.Gate) -> H.Sample:
                 records = recv_many(most, PEER_TIMEOUT)
                 got += len(records)
                 nbytes += sum(map(len, records))
+        except EndOfStream:
+            seconds = time.perf_counter() - t0
+    finally:
+        ring.close()
+    return H.Sample(got, nbytes, seconds)
+
+
+def ring_views_consumer(ring: Any, spec: H.Spec, gate: H.Gate) -> H.Sample:
+    from mmipc import EndOfStream
+
+    recv_views = ring.recv_views
+    most = spec.options["batch"]
+    got = nbytes = 0
+    try:
+        left = warm_share(spec)
+        while left:
+            views = recv_views(min(most, left), PEER_TIMEOUT)
+            left -= len(views)
+            del views
+        ring.release_views()  # before the barrier: the others' warm-up may need this space
+        t0 = gate.wait()
+        try:
+            while True:
+                views = recv_views(most, PEER_TIMEOUT)
+                got += len(views)
+                nbytes += sum(map(len, views))
+                del views  # released by the next call
         except EndOfStream:
             seconds = time.perf_counter() - t0
     finally:
@@ -320,6 +352,14 @@ def cases() -> list[H.Case]:
             RING_BATCH,
             _open_ring,
             ring_batch_consumer,
+            ring_batch_producer,
+            unavailable=_ring_unavailable,
+            delivery=SHARED,
+        ),
+        H.Case(
+            RING_VIEWS,
+            _open_ring,
+            ring_views_consumer,
             ring_batch_producer,
             unavailable=_ring_unavailable,
             delivery=SHARED,

@@ -641,3 +641,11 @@ def produce_rewind_killed(
         finally:
             ring._words = words
         conn.send(counter[0])
+
+
+def hold_views(ring: mmipc.Ring, conn: Any, count: int) -> None:
+    """Take ``count`` records with ``recv_views``, report their seqs, hold them until killed."""
+    views = ring.recv_views(count, timeout=SEND_TIMEOUT)
+    conn.send([check_numbered(v) for v in views])
+    time.sleep(120)
+    raise AssertionError("hold_views was not killed")

@@ -817,3 +817,33 @@ def test_recv_many_max_bytes_bounds_one_call(make_ring) -> None:
     assert [r[0] for r in first] == [0, 1, 2]  # about max_bytes, and at least one record
     assert len(ring.recv_many(max_bytes=1)) == 1
     assert [r[0] for r in ring.recv_many()] == list(range(4, 10))
+
+
+# -- recv_views ------------------------------------------------------------------------------
+
+
+def test_recv_views_single_consumer_pins_in_order(make_ring: Any) -> None:
+    """``recv_views`` on a single-consumer ring: data records and batch items as zero-copy views;
+    space comes back in ring order once the views are unreferenced.
+
+    Asserts: 4 data records and 3 batch items arrive as 7 read-only views in one call; with
+    view 0 kept and the others dropped, nothing is freed (6 pinned records would be 0 otherwise:
+    the oldest pins the rest); dropping view 0 frees everything.
+    """
+    from _ringchild import check_numbered, numbered
+
+    ring = make_ring(1 << 14)
+    for s in range(4):
+        ring.send(numbered(s))
+    ring.send_many([numbered(s) for s in range(4, 7)])
+    used = ring.stats().used_bytes
+    views = ring.recv_views(100, timeout=10.0)
+    assert [check_numbered(v) for v in views] == list(range(7))
+    assert all(v.readonly for v in views)
+    first = views[0]
+    del views
+    assert ring.stats().used_bytes == used
+    del first
+    assert ring.stats().used_bytes == 0
+    with pytest.raises(mmipc.WouldBlock):
+        ring.recv_bytes_nowait()

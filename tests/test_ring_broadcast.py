@@ -670,3 +670,33 @@ def test_subscriber_cut_loose_inside_recv_many_gets_lapped(make_ring: Any) -> No
     finally:
         producer.close()
         sub.close()
+
+
+@pytest.mark.parametrize("mode", ["single", "broadcast"])
+def test_recv_views_stream_across_processes(make_ring: Any, mp_context: Any, mode: str) -> None:
+    """A producer process sends 3000 numbered records (``send`` and ``send_many`` batches) into a
+    4 KiB ring, which wraps many times; this process takes them with ``recv_views(50)`` (as the
+    consumer, or as a subscriber), dropping each call's views before the next.
+
+    Asserts: exactly 0..2999, in order, then EndOfStream.
+    """
+    from _ringchild import check_numbered, produce_numbered
+
+    ring = make_ring(4096, mode=mode) if mode != "single" else make_ring(4096)
+    source = ring.subscribe() if mode == "broadcast" else ring
+    producer = mp_context.Process(target=produce_numbered, args=(ring, 0, 3000, True, 8))
+    got: list[int] = []
+    try:
+        producer.start()
+        with pytest.raises(mmipc.EndOfStream):
+            while True:
+                views = source.recv_views(50, timeout=WAIT)
+                got += [check_numbered(v) for v in views]
+                del views
+        producer.join(WAIT)
+        assert producer.exitcode == 0
+    finally:
+        kill_and_join(producer)
+        if source is not ring:
+            source.close()
+    assert got == list(range(3000))

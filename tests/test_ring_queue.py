@@ -23,6 +23,7 @@ from _ringchild import (
     Q_RELEASED,
     check_numbered,
     hold_claim_lock,
+    hold_views,
     kill_and_join,
     numbered,
     produce_numbered,
@@ -457,3 +458,88 @@ def test_batch_item_taker_killed_at_every_store(make_ring: Any, mp_context: Any)
         ring.close()
     assert kill_at > 4  # the take made several stores, each one a kill point
     assert losses[0] == 0 and losses[-1] == 0  # killed before its first store; not killed
+
+
+# -- recv_views: many zero-copy views per call --------------------------------------------------------
+
+
+def test_recv_views_claims_records_until_their_views_are_gone(make_ring: Any) -> None:
+    """``recv_views`` on a queue ring: views of claimed data records (zero-copy), released in
+    any order once unreferenced, by the next receive call; batch items come as views of copies.
+
+    Asserts: 6 data records arrive as 6 read-only views in one call; the ring stays full while
+    they live (6 pinned); dropping views 4 and 1 frees no space (records are reclaimed in
+    ring order, and 0 is still held); dropping view 0 too, the next call (which also takes the 3
+    batch items sent meanwhile) releases them, and the space of 0 and 1 comes back; dropping the
+    rest releases everything.
+    """
+    ring = make_ring(1 << 14, mode="queue")
+    for s in range(6):
+        ring.send(numbered(s))
+    views = ring.recv_views(100, timeout=WAIT)
+    assert [check_numbered(v) for v in views] == list(range(6))
+    assert all(v.readonly for v in views)
+    assert [i.sequence for i in ring.last_records] == list(range(6))
+    full = ring.stats().used_bytes
+    assert full == sum(L.record_size(len(numbered(s))) for s in range(6))
+    assert ring.stats().pinned_records == 6
+    del views[4], views[1]
+    ring.send(numbered(6))
+    assert check_numbered(ring.recv_bytes(timeout=WAIT)) == 6  # a call: releases 1 and 4
+    assert ring.stats().used_bytes == full + L.record_size(len(numbered(6)))  # 0 holds the head
+    del views[0]
+    before = int(ring._words[L.W_TAIL])
+    ring.send_many([numbered(s) for s in range(7, 10)])
+    batch = int(ring._words[L.W_TAIL]) - before
+    items = ring.recv_views(100, timeout=WAIT)
+    assert [check_numbered(v) for v in items] == [7, 8, 9]
+    freed = L.record_size(len(numbered(0))) + L.record_size(len(numbered(1)))
+    assert ring.stats().used_bytes == full + L.record_size(len(numbered(6))) + batch - freed
+    assert ring.stats().pinned_records == 3
+    del views, items
+    with pytest.raises(mmipc.WouldBlock):
+        ring.recv_bytes_nowait()
+    assert ring.stats().used_bytes == 0
+
+
+@pytest.mark.crash
+def test_recv_views_of_a_killed_consumer_are_redelivered(make_ring: Any, mp_context: Any) -> None:
+    """A consumer holding 3 views from ``recv_views`` is SIGKILLed: another consumer gets
+    exactly those 3 again, flagged, then the rest unflagged."""
+    ring = make_ring(1 << 14, mode="queue")
+    for s in range(8):
+        ring.send(numbered(s))
+    r, w = mp_context.Pipe(duplex=False)
+    proc = mp_context.Process(target=hold_views, args=(ring, w, 3))
+    try:
+        proc.start()
+        w.close()
+        assert r.recv() == [0, 1, 2]
+        kill_and_join(proc)
+    finally:
+        kill_and_join(proc)
+        r.close()
+    got = []
+    for _ in range(8):
+        data = ring.recv_bytes(timeout=WAIT)
+        got.append((check_numbered(data), ring.last_record.redelivered))
+    assert sorted(got) == [(s, s < 3) for s in range(8)]
+    assert ring.stats().redelivered == 3 and ring.stats().used_bytes == 0
+
+
+def test_release_views_frees_dropped_views_at_once(make_ring: Any) -> None:
+    """``release_views`` releases the records of dropped views without a receive call (queue and
+    single-consumer rings), and reports the records still pinned."""
+    for mode in ("queue", "single"):
+        ring = make_ring(1 << 14, mode=mode) if mode == "queue" else make_ring(1 << 14)
+        for s in range(4):
+            ring.send(numbered(s))
+        views = ring.recv_views(4, timeout=WAIT)
+        assert ring.release_views() == 4
+        kept = views[3]
+        del views
+        assert ring.release_views() == 1
+        assert ring._words[L.W_HEAD] == sum(L.record_size(len(numbered(s))) for s in range(3))
+        del kept
+        assert ring.release_views() == 0
+        assert ring.stats().used_bytes == 0

@@ -811,6 +811,12 @@ class Subscriber(_BroadcastRing):
         self._record_delivered(True)
         return view, entry
 
+    def _take_one_view(self, timeout: float | None, nowait: bool) -> memoryview:
+        view, entry = self._take_view(timeout, nowait)
+        entry[1] = None  # recv_views: released once unreferenced (and counted as held until then)
+        entry[3] = True
+        return view
+
     def recv(self, timeout: float | None = None, *, wait: str | WaitStrategy | None = None) -> _Received:
         """Receive the next record as a read-only zero-copy view (``with sub.recv() as view:``).
 

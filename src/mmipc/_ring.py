@@ -1453,6 +1453,51 @@ class Ring:
         self._done(end)
         return length
 
+    def recv_views(
+        self, max_records: int = 1024, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+    ) -> list[memoryview]:
+        """Receive up to ``max_records`` records as read-only zero-copy views, waiting only for
+        the first (at most ``timeout`` seconds; :class:`WaitTimeout`, :class:`EndOfStream` as
+        :meth:`recv`).
+
+        Unlike :meth:`recv`, there is no ``with`` block: a record stays unreleased (and, on a
+        single-consumer ring, so does every record after it) while its view or anything made
+        from it is referenced, and is released by a later receive call (or
+        :meth:`release_views`, or :meth:`stats`) once it is not. Drop the views (or
+        ``view.release()`` them) when done, and call :meth:`release_views` before this process
+        blocks on anything else. Items of a batch record are views into it; the batch record is
+        released with its last item.
+        """
+        if wait is not None:
+            return self._with_wait(wait, self.recv_views, max_records, timeout)  # type: ignore[no-any-return]
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        views = [self._take_one_view(timeout, False)]
+        while len(views) < max_records:
+            try:
+                views.append(self._take_one_view(0.0, True))
+            except (WouldBlock, EndOfStream):
+                break  # EndOfStream: the next call raises it
+        return views
+
+    def release_views(self) -> int:
+        """Release now the records of :meth:`recv_views` views that are no longer referenced
+        (every receive call and :meth:`stats` do it too); return how many records views still
+        pin. Call it after dropping views when this process is about to block on something
+        else: until then a producer waiting for their space waits for this process.
+        """
+        self._check_open()
+        if self._outstanding or getattr(self, "_to_release", None):
+            self._advance()
+        return int(self._pinned_reported)
+
+    def _take_one_view(self, timeout: float | None, nowait: bool) -> memoryview:
+        end, start, length = self._take(timeout, nowait)
+        assert self._mm is not None
+        view, ref = tracked_view(self._mm, start, length)
+        self._outstanding.append([end, None, ref, True])  # released once unreferenced
+        return view
+
     def recv_many(
         self,
         max_records: int = 1024,

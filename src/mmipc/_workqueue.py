@@ -98,6 +98,8 @@ class _QueueRing(Ring):
         self._claimed_bytes = 0
         self._batch_cache: tuple[int, int, list[int], list[int]] | None = None
         self._deferred: list[tuple[int, int, int, int]] = []  # (index in _copies, position, start, length)
+        self._held: list[tuple[int, int, int, int]] = []  # recv_views: the same, claimed for views
+        self._to_release: list[int] = []  # records whose views are gone: released in the next hold
         self._next_maintenance = 0.0
         self._user_base = self._data_offset + L.RECORD_USER_OFFSET  # + pos % capacity, then // 8
 
@@ -312,7 +314,9 @@ class _QueueRing(Ring):
         self._outstanding = deque()
         self._consumer_role = True
 
-    def _claim(self, have_count: bool, limit: int, max_bytes: int, hold: bool, fit: int) -> _Claim | None:
+    def _claim(
+        self, have_count: bool, limit: int, max_bytes: int, hold: bool, fit: int, views: bool = False
+    ) -> _Claim | None:
         """Under the claim lock: take records and batch items in order (redeliveries first).
 
         Every record and item taken goes to ``self._copies`` as ``bytes`` and is released at
@@ -325,6 +329,10 @@ class _QueueRing(Ring):
         this consumer dies first). Batch items are always copied: a batch record's items are
         taken by many consumers, in order, through the item cursor (``q_item`` at
         ``q_item_pos``), and a batch record has no owner to redeliver for.
+
+        With ``views`` (:meth:`recv_views`), data records are claimed for this consumer and
+        listed in ``self._held`` (the caller makes a view of each after the hold); batch items are
+        copied as usual.
 
         Nothing is taken if the next record (or item) is longer than ``fit``: raises
         :class:`_TooLarge`. Raises :class:`EndOfStream` at the end-of-stream record once no
@@ -343,7 +351,10 @@ class _QueueRing(Ring):
                     if hold:
                         return got
                     pos, start, length, seq, _redelivered = got
-                    if length > COPY_IN_HOLD_MAX:
+                    if views:
+                        self._held.append((len(copies), pos, start, length))
+                        copies.append(b"")  # a view after the hold; released when unreferenced
+                    elif length > COPY_IN_HOLD_MAX:
                         self._deferred.append((len(copies), pos, start, length))
                         copies.append(b"")  # copied after the hold, then released
                     else:
@@ -386,13 +397,17 @@ class _QueueRing(Ring):
             if rtype == _DATA:
                 index = (user_base + claim % cap) >> 3
                 start = data_offset + claim % cap + 32
-                if hold or length > COPY_IN_HOLD_MAX:
+                if hold or views or length > COPY_IN_HOLD_MAX:
                     words[index] = token  # claimed: first the mark, then the position
                     words[L.W_Q_CLAIM] = claim + size
                     if hold:
                         return claim, start, length, seq, False
-                    self._deferred.append((len(copies), claim, start, length))
-                    copies.append(b"")  # copied after the hold, then released
+                    if views:
+                        self._held.append((len(copies), claim, start, length))
+                        copies.append(b"")  # a view after the hold; released when unreferenced
+                    else:
+                        self._deferred.append((len(copies), claim, start, length))
+                        copies.append(b"")  # copied after the hold, then released
                 else:
                     copies.append(mm[start : start + length])
                     words[index] = _RELEASED
@@ -501,9 +516,20 @@ class _QueueRing(Ring):
         words[L.slot_word(slot, L.S_BYTES_READ)] += nbytes
 
     def _acquire(
-        self, timeout: float | None, nowait: bool, limit: int, max_bytes: int, hold: bool, fit: int = _ANY
+        self,
+        timeout: float | None,
+        nowait: bool,
+        limit: int,
+        max_bytes: int,
+        hold: bool,
+        fit: int = _ANY,
+        views: bool = False,
     ) -> _Claim | None:
-        """Wait for records and take them (:meth:`_claim`); copies are in ``self._copies``."""
+        """Wait for records and take them (:meth:`_claim`); copies are in ``self._copies``.
+
+        Records whose views were dropped since the last call are released in the same hold as
+        the claims (one lock pair for both).
+        """
         if self._closed:
             raise ClosedError(f"ring {self.name!r} is closed")
         if not self._consumer_role:
@@ -511,8 +537,9 @@ class _QueueRing(Ring):
         self._copies = []
         self._runs = []
         self._deferred = []
+        self._held = []
         if self._outstanding:
-            self._advance()
+            self._collect_done()
         words = self._words
         sem = self._sem_data
         assert words is not None and sem is not None
@@ -533,12 +560,16 @@ class _QueueRing(Ring):
                     raise WouldBlock(f"claim lock of queue ring {self.name!r} is busy") from None
                 raise
             try:
+                if self._to_release:
+                    for pos in self._to_release:
+                        words[self._user_index(pos)] = _RELEASED
+                    self._to_release = []
                 self._walk_head()
                 now = time.monotonic()
                 if now >= self._next_maintenance:  # busy consumers look for dead peers too
                     self._next_maintenance = now + LIVENESS_INTERVAL
                     self._reap_dead()
-                got = self._claim(have_count, limit, max_bytes, hold, fit)
+                got = self._claim(have_count, limit, max_bytes, hold, fit, views)
                 if got is not None:
                     self._count(1, got[2])
                     self._runs.append((got[0], got[3], got[4], 1))
@@ -549,6 +580,8 @@ class _QueueRing(Ring):
                 self._unlock_claims()
             if self._deferred:
                 self._copy_deferred()
+            if self._held:
+                self._make_views()
             if got is not None or self._copies:
                 return got
             have_count = False
@@ -584,6 +617,28 @@ class _QueueRing(Ring):
                 self._advance()
             if self._closed:
                 raise ClosedError(f"ring {self.name!r} is closed")
+
+    def _taken(self) -> list[Any]:
+        """What the last receive took, handed over: the handle keeps no reference to it (a view
+        kept here would pin its record)."""
+        taken, self._copies = self._copies, []
+        return taken
+
+    def _make_views(self) -> None:
+        """:meth:`recv_views`: a tracked view of each record claimed in the hold (released when
+        it and everything made from it is unreferenced); batch items' copies as views."""
+        mm = self._mm
+        assert mm is not None
+        copies: list[Any] = self._copies
+        held, self._held = self._held, []
+        out = self._outstanding
+        views = {}
+        for i, pos, start, length in held:
+            view, ref = tracked_view(mm, start, length)
+            views[i] = view
+            out.append([pos, None, ref, True])
+        for i, item in enumerate(copies):
+            copies[i] = views[i] if i in views else memoryview(item)
 
     def _copy_deferred(self) -> None:
         """Copy the large records :meth:`_claim` claimed for this call, then release them."""
@@ -628,9 +683,16 @@ class _QueueRing(Ring):
 
     def _advance(self) -> None:
         """Release every received record whose view is released and unreferenced, in any order."""
+        self._collect_done()
+        if self._to_release:
+            done, self._to_release = self._to_release, []
+            self._release_records(done)
+
+    def _collect_done(self) -> None:
+        """Move the records whose views are released and unreferenced to ``_to_release``."""
         out = self._outstanding
         keep: deque[list[Any]] = deque()
-        done = []
+        done = self._to_release
         pinned = 0
         while out:
             entry = out.popleft()
@@ -644,8 +706,6 @@ class _QueueRing(Ring):
                 continue
             done.append(entry[0])
         self._outstanding = keep
-        if done:
-            self._release_records(done)
         if pinned != self._pinned_reported:
             self._pinned_reported = pinned
             assert self._words is not None
@@ -690,12 +750,12 @@ class _QueueRing(Ring):
         if wait is not None:
             return self._with_wait(wait, self.recv_bytes, timeout)  # type: ignore[no-any-return]
         self._acquire(timeout, False, 1, _ANY, False)
-        return self._copies[0]
+        return self._taken()[0]  # type: ignore[no-any-return]
 
     def recv_bytes_nowait(self) -> bytes:
         """:meth:`recv_bytes` that raises :class:`WouldBlock` if no record is ready."""
         self._acquire(0.0, True, 1, _ANY, False)
-        return self._copies[0]
+        return self._taken()[0]  # type: ignore[no-any-return]
 
     def recv_into(
         self, buffer: Any, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
@@ -714,7 +774,7 @@ class _QueueRing(Ring):
                 f"record of {exc.args[0]} bytes does not fit a buffer of {target.nbytes} bytes"
             ) from None
         if got is None:
-            data = self._copies[0]
+            data = self._taken()[0]
             target[: len(data)] = data
             return len(data)
         pos, start, length, _seq, _redelivered = got
@@ -724,6 +784,25 @@ class _QueueRing(Ring):
         finally:
             self._release_record(pos)
         return length
+
+    def recv_views(
+        self, max_records: int = 1024, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+    ) -> list[memoryview]:
+        """Claim up to ``max_records`` records in one claim-lock hold (waiting only for the
+        first) and return them as read-only zero-copy views, as :meth:`Ring.recv_views`.
+
+        Each data record stays claimed by this consumer until its view (and everything made
+        from it) is unreferenced; then the next receive call releases it, in the same hold as
+        its claims (or :meth:`release_views` does). A consumer that dies first has them
+        delivered again (flagged). Items of batch records come as views of copies, released
+        when taken (as with :meth:`recv`).
+        """
+        if wait is not None:
+            return self._with_wait(wait, self.recv_views, max_records, timeout)  # type: ignore[no-any-return]
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        self._acquire(timeout, False, max_records, _ANY, False, _ANY, True)
+        return self._taken()  # type: ignore[return-value]
 
     def recv_many(
         self,
@@ -743,7 +822,7 @@ class _QueueRing(Ring):
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
         self._acquire(timeout, False, max_records, max_bytes, False)
-        return self._copies
+        return self._taken()
 
     def _pinned_count(self) -> int:
         words = self._words
@@ -768,7 +847,7 @@ class _QueueRing(Ring):
         if self._closed or not hasattr(self, "_region"):
             return
         if self._consumer_role and not self._region.closed:
-            if self._outstanding:
+            if self._outstanding or self._to_release:
                 self._advance()
             try:
                 self._lock_claims()
@@ -804,7 +883,7 @@ class _QueueReceived(_Received):
             ring._acquire(*args) if self._wait is None else ring._with_wait(self._wait, ring._acquire, *args)
         )
         if got is None:
-            view = memoryview(ring._copies[0])
+            view = memoryview(ring._taken()[0])
             self._entry = [None, view, None, True]
             return view
         assert ring._mm is not None
