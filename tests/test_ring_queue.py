@@ -493,6 +493,7 @@ def test_recv_views_claims_records_until_their_views_are_gone(make_ring: Any) ->
     batch = int(ring._words[L.W_TAIL]) - before
     items = ring.recv_views(100, timeout=WAIT)
     assert [check_numbered(v) for v in items] == [7, 8, 9]
+    assert all(type(v) is memoryview and v.readonly for v in items)  # batch items only: copies
     freed = L.record_size(len(numbered(0))) + L.record_size(len(numbered(1)))
     assert ring.stats().used_bytes == full + L.record_size(len(numbered(6))) + batch - freed
     assert ring.stats().pinned_records == 3

@@ -580,8 +580,8 @@ class _QueueRing(Ring):
                 self._unlock_claims()
             if self._deferred:
                 self._copy_deferred()
-            if self._held:
-                self._make_views()
+            if views and self._copies:
+                self._make_views()  # (also when it took batch items only: views of their copies)
             if got is not None or self._copies:
                 return got
             have_count = False
