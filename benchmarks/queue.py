@@ -26,7 +26,7 @@ Warm-up: the producer sends ``k`` records per consumer and each consumer takes e
 nothing is left over when the start barrier opens. Bounded transports get the same capacity as
 the ring: ``max(64 MiB, 8 x record)``.
 
-Target: mmipc >= 3x mp.Queue and >= 3x faster-fifo at every point (the better of mmipc's two
+Target: mmipc >= 3x mp.Queue and >= 3x faster-fifo at every point (the best of mmipc's three
 APIs against the better of faster-fifo's; every pairing is in the table).
 """
 

@@ -827,8 +827,8 @@ def test_recv_views_single_consumer_pins_in_order(make_ring: Any) -> None:
     space comes back in ring order once the views are unreferenced.
 
     Asserts: 4 data records and 3 batch items arrive as 7 read-only views in one call; with
-    view 0 kept and the others dropped, nothing is freed (6 pinned records would be 0 otherwise:
-    the oldest pins the rest); dropping view 0 frees everything.
+    view 0 kept and the others dropped, nothing is freed (the oldest holds the head) and one
+    record is pinned; dropping view 0 frees everything.
     """
     from _ringchild import check_numbered, numbered
 
@@ -842,6 +842,7 @@ def test_recv_views_single_consumer_pins_in_order(make_ring: Any) -> None:
     assert all(v.readonly for v in views)
     first = views[0]
     del views
+    assert ring.release_views() == 1
     assert ring.stats().used_bytes == used
     del first
     assert ring.stats().used_bytes == 0

@@ -392,12 +392,14 @@ def test_batch_item_too_large_for_recv_into_stays(make_ring: Any) -> None:
 
 
 @pytest.mark.crash
-def test_batch_item_taker_killed_at_every_store(make_ring: Any, mp_context: Any) -> None:
+@pytest.mark.parametrize("second", [7, 2])
+def test_batch_item_taker_killed_at_every_store(make_ring: Any, mp_context: Any, second: int) -> None:
     """A consumer taking items of batch records is SIGKILLed at each shared-word store in turn.
 
-    Two batch records of 8 items. The child takes 3 items (reported), then 7 more: the rest of
-    the first record (which it finishes) and 2 of the second. The second take is killed at its
-    1st, 2nd, ... store until one run makes it to the end. A take is delivered by its stores (the
+    Two batch records of 8 items. The child takes 3 items (reported), then ``second`` more: 7
+    (the rest of the first record, which it finishes, and 2 of the second: a record's first
+    partial take) or 2 (a later partial take of the first record, committed by one store). The
+    second take is killed at its 1st, 2nd, ... store until one run makes it to the end. A take is delivered by its stores (the
     items are released as they are taken: ``recv_many`` returns copies), so a take killed midway
     has delivered what it stored and never returned it: those items are gone, like a record
     read from a pipe by a process killed before it used it. Asserts, for every kill point: what
@@ -416,7 +418,7 @@ def test_batch_item_taker_killed_at_every_store(make_ring: Any, mp_context: Any)
         ring.send_many([numbered(s) for s in range(8)])
         ring.send_many([numbered(s) for s in range(8, 16)])
         r, w = mp_context.Pipe(duplex=False)
-        proc = mp_context.Process(target=queue_take_killed, args=(ring, w, 3, 7, kill_at))
+        proc = mp_context.Process(target=queue_take_killed, args=(ring, w, 3, second, kill_at))
         try:
             proc.start()
             w.close()
@@ -435,7 +437,7 @@ def test_batch_item_taker_killed_at_every_store(make_ring: Any, mp_context: Any)
             kill_and_join(proc)
             r.close()
         if completed:
-            assert proc.exitcode == 0 and reported == list(range(10))
+            assert proc.exitcode == 0 and reported == list(range(3 + second))
         else:
             assert proc.exitcode == -9 and reported == [0, 1, 2]
         rest = ring.recv_many(100, timeout=WAIT)
@@ -449,7 +451,7 @@ def test_batch_item_taker_killed_at_every_store(make_ring: Any, mp_context: Any)
         seen = reported + [check_numbered(x) for x in rest]
         assert len(seen) == len(set(seen)), kill_at  # nothing twice
         missing = sorted(set(range(16)) - set(seen))
-        assert missing == list(range(3, 3 + len(missing))) and len(missing) <= 7, (kill_at, missing)
+        assert missing == list(range(3, 3 + len(missing))) and len(missing) <= second, (kill_at, missing)
         losses.append(len(missing))
         assert not any(i.redelivered for i in infos)
         with pytest.raises(mmipc.WouldBlock):
@@ -506,7 +508,8 @@ def test_recv_views_claims_records_until_their_views_are_gone(make_ring: Any) ->
 @pytest.mark.crash
 def test_recv_views_of_a_killed_consumer_are_redelivered(make_ring: Any, mp_context: Any) -> None:
     """A consumer holding 3 views from ``recv_views`` is SIGKILLed: another consumer gets
-    exactly those 3 again, flagged, then the rest unflagged."""
+    exactly those 3 again, flagged, and the other 5 unflagged (in whatever order its liveness
+    check makes: redeliveries are claimed first once it has found the dead consumer)."""
     ring = make_ring(1 << 14, mode="queue")
     for s in range(8):
         ring.send(numbered(s))
@@ -544,3 +547,25 @@ def test_release_views_frees_dropped_views_at_once(make_ring: Any) -> None:
         del kept
         assert ring.release_views() == 0
         assert ring.stats().used_bytes == 0
+
+
+def test_release_views_keeps_what_a_failed_release_could_not_release(make_ring: Any) -> None:
+    """``release_views`` that cannot take the claim lock raises WaitTimeout and forgets nothing:
+    the next call releases the dropped views' records (the ring empties, nothing redelivered)."""
+    ring = make_ring(1 << 14, mode="queue")
+    for s in range(2):
+        ring.send(numbered(s))
+    views = ring.recv_views(2, timeout=WAIT)
+    del views
+    real = ring._lock_claims
+
+    def busy(timeout: float = 0.0) -> None:
+        raise mmipc.WaitTimeout("claim lock busy (test)")
+
+    ring._lock_claims = busy  # type: ignore[method-assign]
+    with pytest.raises(mmipc.WaitTimeout):
+        ring.release_views()
+    ring._lock_claims = real  # type: ignore[method-assign]
+    assert ring.release_views() == 0
+    stats = ring.stats()
+    assert (stats.used_bytes, stats.redelivered) == (0, 0)

@@ -1454,30 +1454,37 @@ class Ring:
         return length
 
     def recv_views(
-        self, max_records: int = 1024, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+        self,
+        max_records: int = 1024,
+        timeout: float | None = None,
+        max_bytes: int = 2 << 20,
+        *,
+        wait: str | WaitStrategy | None = None,
     ) -> list[memoryview]:
-        """Receive up to ``max_records`` records as read-only zero-copy views, waiting only for
-        the first (at most ``timeout`` seconds; :class:`WaitTimeout`, :class:`EndOfStream` as
-        :meth:`recv`).
+        """Receive up to ``max_records`` records (and about ``max_bytes``: at least one) as
+        read-only zero-copy views, waiting only for the first (at most ``timeout`` seconds;
+        :class:`WaitTimeout`, :class:`EndOfStream` as :meth:`recv`).
 
         Unlike :meth:`recv`, there is no ``with`` block: a record stays unreleased (and, on a
         single-consumer ring, so does every record after it) while its view or anything made
         from it is referenced, and is released by a later receive call (or
         :meth:`release_views`, or :meth:`stats`) once it is not. Drop the views (or
         ``view.release()`` them) when done, and call :meth:`release_views` before this process
-        blocks on anything else. Items of a batch record are views into it; the batch record is
-        released with its last item.
+        blocks on anything else. Items of a batch record are views into it, and the batch record
+        is released with its last item (queue rings: views of copies, see there).
         """
         if wait is not None:
-            return self._with_wait(wait, self.recv_views, max_records, timeout)  # type: ignore[no-any-return]
+            return self._with_wait(wait, self.recv_views, max_records, timeout, max_bytes)  # type: ignore[no-any-return]
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
         views = [self._take_one_view(timeout, False)]
-        while len(views) < max_records:
+        nbytes = views[0].nbytes
+        while len(views) < max_records and nbytes < max_bytes:
             try:
                 views.append(self._take_one_view(0.0, True))
             except (WouldBlock, EndOfStream):
                 break  # EndOfStream: the next call raises it
+            nbytes += views[-1].nbytes
         return views
 
     def release_views(self) -> int:

@@ -19,10 +19,12 @@ Protocol (byte layout in ``_layout``, "Ring modes"):
   number of consumers, each taking a run of items per hold. A taker copies its items and
   releases them in the same hold: batch items are never held, so a batch record needs no owner
   and is never redelivered. Whoever takes the last item marks the record released, then
-  advances ``claim``; a partial take stores ``q_item``, then ``q_item_pos``. A taker killed
-  between the two stores of a pair leaves those items to its successor; items a store has
-  already moved past were delivered (the taker returns copies: like a message read from a pipe
-  by a process killed before it used it). Nothing is ever delivered twice unflagged.
+  advances ``claim``; a partial take stores ``q_item``, then ``q_item_pos`` (which already names
+  the record if an earlier take was partial too). The store that moves the cursor commits the
+  take: ``claim``, ``q_item`` when ``q_item_pos`` already named the record, else ``q_item_pos``.
+  A taker killed before its commit leaves the items to its successor; after it, they were
+  delivered (the taker returns copies: like a message read from a pipe by a process killed
+  before it used it). Nothing is ever delivered twice unflagged.
 * **Releasing, in any order.** Releasing a record is one store of ``Q_RELEASED`` into its
   ``user`` word, under the claim lock, followed by a walk: ``head`` passes every released record
   (and padding) in order. Stores and walks all under one lock, so no release is missed (every
@@ -434,9 +436,11 @@ class _QueueRing(Ring):
                 runs.append((claim, seq + k, False, stop - k))
                 nbytes += end - begin
                 if stop < count:
-                    # Item cursor: the count, then the record it belongs to. A consumer killed
-                    # in between leaves a pair that does not match: its successor takes the items
-                    # again from 0 (the dead one never returned them). Then the limit is reached.
+                    # Item cursor: the count, then the record it belongs to. On a record's first
+                    # partial take, a consumer killed in between leaves a pair that does not
+                    # match: its successor takes the items again from 0 (the dead one never
+                    # returned them); on a later one the count alone commits. Then the limit is
+                    # reached.
                     words[L.W_Q_ITEM] = stop
                     words[L.W_Q_ITEM_POS] = claim
                     break
@@ -646,11 +650,14 @@ class _QueueRing(Ring):
         assert mm is not None
         copies, deferred = self._copies, self._deferred
         self._deferred = []
+        for i, _pos, start, length in deferred:
+            # An exception here leaves them claimed by us: close() hands them on, flagged.
+            copies[i] = mm[start : start + length]
+        positions = [pos for _i, pos, _start, _length in deferred]
         try:
-            for i, _pos, start, length in deferred:
-                copies[i] = mm[start : start + length]
-        finally:
-            self._release_records([pos for _i, pos, _start, _length in deferred])
+            self._release_records(positions)
+        except MmipcError:
+            self._to_release.extend(positions)  # copied, returned; released by a later call
 
     def _take(self, timeout: float | None, nowait: bool) -> tuple[Any, int, int]:
         raise AssertionError("queue rings receive through _acquire")  # pragma: no cover
@@ -685,8 +692,8 @@ class _QueueRing(Ring):
         """Release every received record whose view is released and unreferenced, in any order."""
         self._collect_done()
         if self._to_release:
-            done, self._to_release = self._to_release, []
-            self._release_records(done)
+            self._release_records(self._to_release)  # if it raises, they stay listed
+            self._to_release = []
 
     def _collect_done(self) -> None:
         """Move the records whose views are released and unreferenced to ``_to_release``."""
@@ -786,22 +793,29 @@ class _QueueRing(Ring):
         return length
 
     def recv_views(
-        self, max_records: int = 1024, timeout: float | None = None, *, wait: str | WaitStrategy | None = None
+        self,
+        max_records: int = 1024,
+        timeout: float | None = None,
+        max_bytes: int = 2 << 20,
+        *,
+        wait: str | WaitStrategy | None = None,
     ) -> list[memoryview]:
-        """Claim up to ``max_records`` records in one claim-lock hold (waiting only for the
-        first) and return them as read-only zero-copy views, as :meth:`Ring.recv_views`.
+        """Claim up to ``max_records`` records (and about ``max_bytes``, so that one consumer
+        does not take everything) in one claim-lock hold, waiting only for the first, and return
+        them as read-only zero-copy views, as :meth:`Ring.recv_views`.
 
         Each data record stays claimed by this consumer until its view (and everything made
         from it) is unreferenced; then the next receive call releases it, in the same hold as
         its claims (or :meth:`release_views` does). A consumer that dies first has them
         delivered again (flagged). Items of batch records come as views of copies, released
-        when taken (as with :meth:`recv`).
+        when taken (as with :meth:`recv`). Do not use the views after :meth:`close`: it hands
+        the records they show to other consumers, and the producer may then overwrite them.
         """
         if wait is not None:
-            return self._with_wait(wait, self.recv_views, max_records, timeout)  # type: ignore[no-any-return]
+            return self._with_wait(wait, self.recv_views, max_records, timeout, max_bytes)  # type: ignore[no-any-return]
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
-        self._acquire(timeout, False, max_records, _ANY, False, _ANY, True)
+        self._acquire(timeout, False, max_records, max_bytes, False, _ANY, True)
         return self._taken()  # type: ignore[return-value]
 
     def recv_many(
@@ -840,6 +854,7 @@ class _QueueRing(Ring):
 
     def _after_fork_in_child(self) -> None:
         self._claim_locked = False
+        self._to_release, self._held, self._deferred, self._copies = [], [], [], []
         super()._after_fork_in_child()
 
     def close(self) -> None:
@@ -848,7 +863,10 @@ class _QueueRing(Ring):
             return
         if self._consumer_role and not self._region.closed:
             if self._outstanding or self._to_release:
-                self._advance()
+                try:
+                    self._advance()
+                except MmipcError:
+                    pass  # not released: they go to other consumers below (or once we are gone)
             try:
                 self._lock_claims()
             except MmipcError:
