@@ -569,3 +569,22 @@ def test_release_views_keeps_what_a_failed_release_could_not_release(make_ring: 
     assert ring.release_views() == 0
     stats = ring.stats()
     assert (stats.used_bytes, stats.redelivered) == (0, 0)
+
+
+def test_a_partial_batch_take_leaves_a_count_for_the_rest(make_ring: Any) -> None:
+    """The group count of a batch record goes to whoever takes its first item; a take that
+    leaves items behind posts one count (if none is there) so that a consumer blocked on the
+    semaphore (``wait="block"``) wakes for the rest instead of sleeping out its 5 ms slice.
+
+    Asserts: after ``send_many`` of 3 items the data semaphore holds 1 (the group's); taking
+    one item leaves it at 1 (taken, then posted for the rest); taking the other two consumes
+    that count and leaves it at 0.
+    """
+    ring = make_ring(1 << 14, mode="queue", wait="block")
+    ring.send_many([numbered(s) for s in range(3)])
+    sem = ring._sem_data
+    assert sem.value == 1
+    assert check_numbered(ring.recv_bytes(timeout=WAIT)) == 0
+    assert sem.value == 1
+    assert [check_numbered(r) for r in ring.recv_many(10, timeout=WAIT)] == [1, 2]
+    assert sem.value == 0

@@ -389,7 +389,9 @@ class _QueueRing(Ring):
                 if ends[k] - begins[k] > fit:
                     raise _TooLarge(ends[k] - begins[k])
                 if k:
-                    flags &= ~L.FLAG_FIRST  # the group's count went to the item 0 taker
+                    # The group's count went to the item 0 taker; a partial take posted one for
+                    # the rest (below), which this take consumes like a group's.
+                    flags |= L.FLAG_FIRST
             if flags & L.FLAG_FIRST and not have_count:
                 sem = self._sem_data
                 assert sem is not None
@@ -443,6 +445,13 @@ class _QueueRing(Ring):
                     # reached.
                     words[L.W_Q_ITEM] = stop
                     words[L.W_Q_ITEM_POS] = claim
+                    sem = self._sem_data
+                    assert sem is not None
+                    if sem.value == 0:
+                        # The rest of this batch has no count of its own (its group's went to
+                        # the item 0 taker): wake one idle consumer for it (at most one extra
+                        # count: bounded, DESIGN.md 3.5).
+                        sem.release()
                     break
                 words[(user_base + claim % cap) >> 3] = _RELEASED  # then the position
                 words[L.W_Q_CLAIM] = claim + size
@@ -573,7 +582,12 @@ class _QueueRing(Ring):
                 if now >= self._next_maintenance:  # busy consumers look for dead peers too
                     self._next_maintenance = now + LIVENESS_INTERVAL
                     self._reap_dead()
-                got = self._claim(have_count, limit, max_bytes, hold, fit, views)
+                try:
+                    got = self._claim(have_count, limit, max_bytes, hold, fit, views)
+                except _TooLarge:
+                    if have_count and sem.value == 0:
+                        sem.release()  # the count this call waited for goes back: nothing was taken
+                    raise
                 if got is not None:
                     self._count(1, got[2])
                     self._runs.append((got[0], got[3], got[4], 1))
