@@ -205,15 +205,16 @@ class _BroadcastRing(Ring):
         """Slots holding a subscription that producers still count (tethered or untethering)."""
         words = self._words
         assert words is not None
-        out = []
-        for slot in range(self._participants.capacity):
-            if words[L.slot_word(slot, L.S_STATE)] & 0xFF != L.SLOT_ACTIVE:
-                continue
-            if not words[L.slot_word(slot, L.S_ROLES)] & L.ROLE_SUBSCRIBER:
-                continue
-            if words[L.slot_word(slot, L.S_SUB_STATE)] & _STATE_MASK in (L.SUB_TETHERED, L.SUB_UNTETHERING):
-                out.append(slot)
-        return out
+        first = L.slot_word(0, 0)
+        stride = L.slot_word(1, 0) - first
+        counted = (L.SUB_TETHERED, L.SUB_UNTETHERING)
+        return [
+            slot
+            for slot, base in enumerate(range(first, first + stride * self._participants.capacity, stride))
+            if words[base + L.S_STATE] & 0xFF == L.SLOT_ACTIVE
+            and words[base + L.S_ROLES] & L.ROLE_SUBSCRIBER
+            and words[base + L.S_SUB_STATE] & _STATE_MASK in counted
+        ]
 
     def _readers_low(self, pos: int) -> int:
         """Under the writer semaphore: the lowest cursor of the counted subscriptions, or -1
@@ -221,21 +222,8 @@ class _BroadcastRing(Ring):
         capacity of history for ``start="oldest"``, so it never rewinds)."""
         words = self._words
         assert words is not None
-        low = -1
-        first = L.slot_word(0, 0)
-        stride = L.slot_word(1, 0) - first
-        active, subscriber = L.SLOT_ACTIVE, L.ROLE_SUBSCRIBER
-        tethered, untethering = L.SUB_TETHERED, L.SUB_UNTETHERING
-        for base in range(first, first + stride * self._participants.capacity, stride):
-            if words[base + L.S_STATE] & 0xFF != active or not words[base + L.S_ROLES] & subscriber:
-                continue
-            kind = words[base + L.S_SUB_STATE] & _STATE_MASK
-            if kind != tethered and kind != untethering:
-                continue
-            cursor = words[base + L.S_CURSOR]
-            if low < 0 or cursor < low:
-                low = cursor
-        return int(low)
+        cursors = [words[L.slot_word(slot, L.S_CURSOR)] for slot in self._subscription_slots()]
+        return int(min(cursors)) if cursors else -1
 
     def _before_rewind(self, pos: int) -> None:
         # Every counted subscription is at ``pos``: so is the oldest record worth keeping. A
@@ -647,7 +635,7 @@ class Subscriber(_BroadcastRing):
         state = L.SUB_STATE_NAMES.get(int(words[self._state_index]) & _STATE_MASK, "?")
         return (
             f"<mmipc.Subscriber of {self.name!r} slot={self._slot} position={self._read_pos} "
-            f"lag={self._lag(words)} {state}>"
+            f"lag={L.bytes_after(words, self._read_pos)} {state}>"
         )
 
     @property
@@ -665,10 +653,6 @@ class Subscriber(_BroadcastRing):
         """Sequence number of the next record this subscriber will receive."""
         return self._delivered
 
-    def _lag(self, words: memoryview) -> int:
-        tail = int(words[L.W_TAIL])  # read after _read_pos (ours): never behind it
-        return tail - L.past_jump(words, self._read_pos, tail)
-
     def stats(self) -> SubscriberStats:  # type: ignore[override]
         """This subscription's counters."""
         self._check_open()
@@ -682,7 +666,7 @@ class Subscriber(_BroadcastRing):
             slot=slot,
             state=L.SUB_STATE_NAMES.get(int(words[self._state_index]) & _STATE_MASK, "?"),
             position=self._read_pos,
-            lag_bytes=self._lag(words),
+            lag_bytes=L.bytes_after(words, self._read_pos),
             records_read=int(words[self._w_records_read]),
             bytes_read=int(words[self._w_bytes_read]),
             waits=int(words[self._w_consumer_waits]),

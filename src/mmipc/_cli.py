@@ -38,12 +38,6 @@ _SEM_RE = re.compile(r"^sem\." + re.escape(SEM_PREFIX) + r"([0-9a-f]{16})-(\w+)$
 _MEMFD_RE = re.compile(r"^/memfd:" + re.escape(SEGMENT_PREFIX) + r"([0-9a-f]{16})")
 
 
-def _lag(words: Any, pos: int) -> int:
-    """Bytes between a reader position (read first) and the tail, past a jump at ``pos``."""
-    tail = int(words[L.W_TAIL])
-    return tail - L.past_jump(words, pos, tail)
-
-
 def _peek_kind(path: str) -> int:
     try:
         with open(path, "rb") as f:
@@ -150,7 +144,7 @@ def _describe(region: Region, detail: bool) -> dict[str, Any]:
         info.update(
             tail=w[L.W_TAIL],
             head=w[L.W_HEAD],
-            lag_bytes=_lag(w, int(w[L.W_HEAD])),
+            lag_bytes=L.bytes_after(w, int(w[L.W_HEAD])),
             records_written=w[L.W_RECORDS_WRITTEN],
             records_read=w[L.W_RECORDS_READ],
             end_of_stream=bool(w[L.W_END_OF_STREAM]),
@@ -205,7 +199,7 @@ def _describe_ring_mode(
                     "alive": p.alive,
                     "state": L.SUB_STATE_NAMES.get(w[L.slot_word(p.slot, L.S_SUB_STATE)] & 0xFF, "?"),
                     "cursor": cursor,
-                    "lag_bytes": _lag(w, cursor),
+                    "lag_bytes": L.bytes_after(w, cursor),
                     "records_read": w[L.slot_word(p.slot, L.S_RECORDS_READ)],
                     "views": w[L.slot_word(p.slot, L.S_VIEWS)],
                 }

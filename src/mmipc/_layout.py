@@ -173,6 +173,13 @@ def past_jump(words: Any, pos: int, tail: int) -> int:
     return pos
 
 
+def bytes_after(words: Any, pos: int) -> int:
+    """Bytes published after a reader position ``pos`` (read before this call), past a jump
+    at ``pos``: ``used`` for ``head``, a subscriber's lag for its cursor."""
+    tail = int(words[W_TAIL])  # after pos: never behind it
+    return tail - past_jump(words, pos, tail)
+
+
 # Ring consumer block
 W_HEAD = 640 // 8
 W_RECORDS_READ = 648 // 8

@@ -599,9 +599,7 @@ class Ring:
             return f"<mmipc.Ring {self.name!r} {kind} closed>"
         words = self._words
         assert words is not None
-        head = int(words[L.W_HEAD])  # head before tail: a tail read later is never behind it
-        tail = int(words[L.W_TAIL])
-        used = tail - L.past_jump(words, head, tail)
+        used = L.bytes_after(words, int(words[L.W_HEAD]))
         roles = [r for r, held in (("writer", self._writer_role), ("consumer", self._consumer_role)) if held]
         return (
             f"<mmipc.Ring {self.name!r} {kind} capacity={_fmt_size(self._capacity)} "
@@ -712,12 +710,10 @@ class Ring:
             self._advance()
         words = self._words
         assert words is not None
-        head = int(words[L.W_HEAD])  # head before tail (see past_jump)
-        tail = int(words[L.W_TAIL])
         return RingStats(
             name=self.name,
             capacity=self._capacity,
-            used_bytes=tail - L.past_jump(words, head, tail),
+            used_bytes=L.bytes_after(words, int(words[L.W_HEAD])),
             records_written=words[L.W_RECORDS_WRITTEN],
             bytes_written=words[L.W_BYTES_WRITTEN],
             records_read=words[L.W_RECORDS_READ],
@@ -1494,8 +1490,7 @@ class Ring:
         else: until then a producer waiting for their space waits for this process.
         """
         self._check_open()
-        if self._outstanding or getattr(self, "_to_release", None):
-            self._advance()
+        self._advance()
         return int(self._pinned_reported)
 
     def _take_one_view(self, timeout: float | None, nowait: bool) -> memoryview:

@@ -648,15 +648,11 @@ class _QueueRing(Ring):
         mm = self._mm
         assert mm is not None
         copies: list[Any] = self._copies
+        copies[:] = [memoryview(c) for c in copies]  # batch items (copies); held records replaced below
         held, self._held = self._held, []
-        out = self._outstanding
-        views = {}
         for i, pos, start, length in held:
-            view, ref = tracked_view(mm, start, length)
-            views[i] = view
-            out.append([pos, None, ref, True])
-        for i, item in enumerate(copies):
-            copies[i] = views[i] if i in views else memoryview(item)
+            copies[i], ref = tracked_view(mm, start, length)
+            self._outstanding.append([pos, None, ref, True])
 
     def _copy_deferred(self) -> None:
         """Copy the large records :meth:`_claim` claimed for this call, then release them."""
